@@ -1,0 +1,84 @@
+"""The contract every character model follows, and helpers for its recurrent state.
+
+A model maps ids ``(B, T)`` and a state to logits ``(B, T, V)`` and the next state. The state is a
+tuple of tensors, each with the batch on dim 0, so rows can be selected, stacked and reset without
+knowing the architecture (the server's batching relies on this).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from models.config import ModelConfig
+
+State = tuple[Tensor, ...]
+
+
+class CharLM(nn.Module):
+    """Base class of all architectures.
+
+    Subclasses set ``arch`` (the registry name) and implement ``forward`` and ``initial_state``.
+    Capability flags say what a model can do instead of callers testing architecture names:
+    ``can_generate`` is False for models that see the future (bidirectional ones).
+    """
+
+    arch: ClassVar[str] = ""
+    can_generate: ClassVar[bool] = True
+    #: options this architecture accepts in ``ModelConfig.options``, with their defaults
+    default_options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        unknown = sorted(set(config.options) - set(self.default_options))
+        if unknown:
+            allowed = ", ".join(sorted(self.default_options)) or "none"
+            raise ValueError(
+                f"architecture {config.arch!r} does not take option(s) {', '.join(unknown)}"
+                f" (allowed: {allowed})"
+            )
+        self.config = config
+
+    def option(self, name: str) -> Any:
+        return self.config.options.get(name, self.default_options[name])
+
+    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """``ids`` (B, T) long -> logits (B, T, V) and the state after the last step."""
+        raise NotImplementedError
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        """The state before any input: what a fresh text starts from."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        params = self.parameters()
+        return sum(p.numel() for p in params if p.requires_grad or not trainable_only)
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between truncated-BPTT chunks, keeping the values."""
+    return tuple(s.detach() for s in state)
+
+
+def select_state(state: State, rows: Tensor | Sequence[int]) -> State:
+    """The state of the given batch rows, in that order."""
+    index = torch.as_tensor(rows, dtype=torch.long, device=state[0].device)
+    return tuple(s.index_select(0, index) for s in state)
+
+
+def concat_states(states: Sequence[State]) -> State:
+    """Stack the rows of several states (same architecture) into one batch."""
+    if not states:
+        raise ValueError("concat_states needs at least one state")
+    return tuple(torch.cat(parts, dim=0) for parts in zip(*states, strict=True))
+
+
+def state_to(state: State, device: torch.device | str) -> State:
+    return tuple(s.to(device) for s in state)

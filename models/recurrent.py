@@ -1,0 +1,109 @@
+"""The classic gated and simple recurrent networks over PyTorch's fused layers.
+
+- ``rnn``: Elman's simple recurrent network (Elman 1990), tanh units.
+- ``lstm``: long short-term memory (Hochreiter & Schmidhuber 1997).
+- ``gru``: gated recurrent unit (Cho et al. 2014).
+
+Each has an embedding, ``num_layers`` stacked recurrent layers (a deep RNN when > 1) with dropout
+between them, and a linear readout, optionally tied to the embedding.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from models.base import CharLM, State
+from models.config import ModelConfig
+from models.registry import register
+
+
+class _FusedRecurrentLM(CharLM):
+    """Embedding -> stacked ``nn.RNN``/``nn.GRU``/``nn.LSTM`` -> linear readout."""
+
+    rnn_class: ClassVar[type[nn.RNN] | type[nn.GRU] | type[nn.LSTM]]
+    #: tensors in the state: (h,) or (h, c)
+    state_tensors: ClassVar[int] = 1
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        if config.tie_weights and config.embed_size != config.hidden_size:
+            raise ValueError(
+                "tie_weights needs embed_size == hidden_size "
+                f"(got {config.embed_size} and {config.hidden_size})"
+            )
+        self.embedding = nn.Embedding(config.vocab_size, config.embed_size)
+        self.drop = nn.Dropout(config.dropout)
+        self.rnn = self._make_rnn(config)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+        if config.tie_weights:
+            self.head.weight = self.embedding.weight
+        self._init_weights()
+
+    def _make_rnn(self, config: ModelConfig) -> nn.RNNBase:
+        return self.rnn_class(
+            config.embed_size,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.embedding.weight, std=0.1)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        if state is None:
+            state = self.initial_state(ids.shape[0], ids.device)
+        x = self.drop(self.embedding(ids))  # (B, T, E)
+        # the contract keeps the batch on dim 0; PyTorch's layers want (L, B, H)
+        hidden = tuple(s.transpose(0, 1).contiguous() for s in state)
+        out, new_hidden = self.rnn(x, hidden if self.state_tensors == 2 else hidden[0])
+        logits = self.head(self.drop(out))  # (B, T, V)
+        parts = new_hidden if isinstance(new_hidden, tuple) else (new_hidden,)
+        return logits, tuple(s.transpose(0, 1) for s in parts)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        device = device if device is not None else self.device
+        cfg = self.config
+        shape = (batch_size, cfg.num_layers, cfg.hidden_size)
+        dtype = self.head.weight.dtype
+        return tuple(
+            torch.zeros(shape, device=device, dtype=dtype) for _ in range(self.state_tensors)
+        )
+
+
+@register
+class ElmanLM(_FusedRecurrentLM):
+    """Simple recurrent network (Elman 1990): h_t = tanh(W x_t + U h_{t-1} + b)."""
+
+    arch = "rnn"
+    rnn_class = nn.RNN
+
+
+@register
+class GRULM(_FusedRecurrentLM):
+    """Gated recurrent unit (Cho et al. 2014)."""
+
+    arch = "gru"
+    rnn_class = nn.GRU
+
+
+@register
+class LSTMLM(_FusedRecurrentLM):
+    """Long short-term memory (Hochreiter & Schmidhuber 1997), forget-gate bias set to 1."""
+
+    arch = "lstm"
+    rnn_class = nn.LSTM
+    state_tensors = 2
+
+    def _init_weights(self) -> None:
+        super()._init_weights()
+        hidden = self.config.hidden_size
+        for name, param in self.rnn.named_parameters():
+            if name.startswith("bias_ih"):
+                with torch.no_grad():
+                    param[hidden : 2 * hidden].fill_(1.0)
