@@ -1,0 +1,1 @@
+"""charlm's HTTP service: FastAPI app, settings, engine and routes."""
