@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 _REGISTRY: dict[str, type[CharLM]] = {}
 # modules whose import registers architectures; imported lazily to avoid cycles
-_ARCH_MODULES = ("models.recurrent",)
+_ARCH_MODULES = ("models.recurrent", "models.clockwork", "models.esn", "models.bidirectional")
 _loaded = False
 
 T = TypeVar("T", bound="type[CharLM]")

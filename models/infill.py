@@ -1,0 +1,193 @@
+"""Gap filling and pseudo-log-likelihood scoring with bidirectional models.
+
+Pseudo-log-likelihood (Besag 1975; used for masked language models by Salazar et al. 2020): the
+sum over characters of ``log p(c_t | every other character)``. A bidirectional model here predicts
+each character from both sides in one pass (see ``models.bidirectional``), so the PLL of a text
+costs one forward. It is not a probability of the text: its bits per character are not comparable
+with a left-to-right model's (they are lower, since each character also sees its right context).
+
+Infilling: the characters marked by a mask character are chosen to maximise each one's conditional
+given all the others, by iterated conditional modes (Besag 1986): a left-to-right pass picks each
+gap character given what is filled so far, then sweeps re-pick each one given the rest until no
+choice changes (or a sweep limit is hit). Each pick is one forward pass over the text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.base import CharLM
+from models.scoring import TextScore, chunk_length
+from models.vocab import BOS_ID, UNK_ID, CharVocab
+
+MAX_SWEEPS = 3
+
+
+class InfillError(ValueError):
+    """An infill request that cannot be served (no gap, bad mask, unidirectional model)."""
+
+
+def _require_bidirectional(model: CharLM) -> None:
+    if model.can_generate:
+        raise InfillError(
+            f"architecture {model.config.arch!r} reads left to right only; "
+            "infilling and pseudo-log-likelihood need a bidirectional model (bilstm, bigru)"
+        )
+
+
+@torch.inference_mode()
+def pll_score_id_sequences(
+    model: CharLM,
+    sequences: Sequence[np.ndarray | Sequence[int]],
+    contexts: Sequence[np.ndarray | Sequence[int]] | None = None,
+    top_k: int = 0,
+) -> list[TextScore]:
+    """Per-character ``log p(c_t | all other characters)`` of each sequence (after BOS, context)."""
+    _require_bidirectional(model)
+    if contexts is None:
+        contexts = [[] for _ in sequences]
+    if len(contexts) != len(sequences):
+        raise ValueError("contexts and sequences must have the same length")
+    streams = [
+        np.concatenate([[BOS_ID], np.asarray(c, dtype=np.int64), np.asarray(s, dtype=np.int64)])
+        for s, c in zip(sequences, contexts, strict=True)
+    ]
+    vocab_size = model.config.vocab_size
+    k = min(top_k, vocab_size)
+    results: list[TextScore] = []
+    # rows per forward so the (B, T, V) log-probabilities stay within scoring's memory bound
+    longest = max((len(s) for s in streams), default=1)
+    rows = max(1, chunk_length(1, vocab_size) // longest)
+    for first in range(0, len(streams), rows):
+        group = streams[first : first + rows]
+        lengths = torch.tensor([len(s) for s in group])
+        padded = torch.full((len(group), int(lengths.max())), BOS_ID, dtype=torch.long)
+        for i, stream in enumerate(group):
+            padded[i, : len(stream)] = torch.from_numpy(stream.astype(np.int64))
+        ids = padded.to(model.device)
+        logits, _ = model(ids, None, lengths=lengths)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)[:, :-1].cpu()  # predicts ids[:, 1:]
+        targets = padded[:, 1:]
+        picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T - 1)
+        for i, stream in enumerate(group):
+            index = first + i
+            start = len(contexts[index])
+            stop = len(stream) - 1
+            seq = np.asarray(sequences[index])
+            top_ids = top_lp = None
+            if k:
+                top_lp, top_ids = logprobs[i, start:stop].topk(k, dim=-1)
+            results.append(
+                TextScore(
+                    logprobs=picked[i, start:stop].clone(),
+                    num_unknown=int(np.count_nonzero(seq == UNK_ID)),
+                    top_ids=top_ids,
+                    top_logprobs=top_lp,
+                )
+            )
+    return results
+
+
+def pll_score_texts(
+    model: CharLM, vocab: CharVocab, texts: Sequence[str], context: str = "", top_k: int = 0
+) -> list[TextScore]:
+    """Pseudo-log-likelihood of each text, read after BOS and ``context`` like ``score_texts``."""
+    ctx = vocab.encode_array(context) if context else np.zeros(0, dtype=np.int64)
+    return pll_score_id_sequences(
+        model, [vocab.encode_array(t) for t in texts], [ctx for _ in texts], top_k=top_k
+    )
+
+
+@dataclass
+class FilledGap:
+    """One run of masked characters: where it starts in the text, and what was chosen."""
+
+    start: int
+    text: str
+    #: per masked position: (character, probability) best first, given the final fill
+    candidates: list[list[tuple[str, float]]] = field(default_factory=list)
+
+
+@dataclass
+class InfillResult:
+    text: str
+    gaps: list[FilledGap]
+    #: pseudo-log-likelihood (natural log) of the filled text, and its characters' count
+    pll: float
+    num_chars: int
+
+
+def _conditionals(model: CharLM, ids: Tensor, specials: bool = False) -> Tensor:
+    """(T - 1, V) log-probabilities of each stream position given the rest.
+
+    ``specials=False`` excludes ``<unk>`` and ``<bos>``, which no gap may be filled with.
+    """
+    logits, _ = model(ids.unsqueeze(0))
+    logits = logits[0, :-1].float()
+    if specials:
+        return torch.log_softmax(logits, dim=-1)
+    logits[:, UNK_ID] = float("-inf")
+    logits[:, BOS_ID] = float("-inf")
+    return torch.log_softmax(logits, dim=-1)
+
+
+@torch.inference_mode()
+def infill_text(
+    model: CharLM,
+    vocab: CharVocab,
+    text: str,
+    mask: str = "_",
+    top_k: int = 0,
+    max_sweeps: int = MAX_SWEEPS,
+) -> InfillResult:
+    """Replace every ``mask`` character of ``text`` by the model's choice (see module docstring)."""
+    _require_bidirectional(model)
+    if len(mask) != 1:
+        raise InfillError(f"mask must be exactly one character, got {mask!r}")
+    holes = [i for i, ch in enumerate(text) if ch == mask]
+    if not holes:
+        raise InfillError(f"text has no masked character {mask!r} to fill")
+    stream = torch.tensor([BOS_ID, *vocab.encode(text)], dtype=torch.long, device=model.device)
+    # stream index of text position i is i + 1; logits row i predicts stream index i + 1
+    for i in holes:
+        stream[i + 1] = UNK_ID
+    for i in holes:  # first pass, left to right: unfilled holes to the right read as <unk>
+        stream[i + 1] = int(_conditionals(model, stream)[i].argmax())
+    for _ in range(max_sweeps):
+        changed = False
+        for i in holes:
+            best = int(_conditionals(model, stream)[i].argmax())
+            if best != int(stream[i + 1]):
+                stream[i + 1] = best
+                changed = True
+        if not changed:
+            break
+    final = _conditionals(model, stream)
+    chars = list(text)
+    for i in holes:
+        chars[i] = vocab.token(int(stream[i + 1]))
+    filled = "".join(chars)
+    gaps: list[FilledGap] = []
+    for i in holes:
+        if gaps and gaps[-1].start + len(gaps[-1].text) == i:
+            gap = gaps[-1]
+            gap.text += chars[i]
+        else:
+            gap = FilledGap(start=i, text=chars[i])
+            gaps.append(gap)
+        if top_k:
+            values, indices = final[i].topk(min(top_k, final.shape[-1] - 2))
+            gap.candidates.append(
+                [
+                    (vocab.token(int(j)), float(v.exp()))
+                    for v, j in zip(values, indices, strict=True)
+                ]
+            )
+    targets = stream[1:].unsqueeze(-1)
+    pll = float(_conditionals(model, stream, specials=True).gather(-1, targets).sum())
+    return InfillResult(text=filled, gaps=gaps, pll=pll, num_chars=len(text))
