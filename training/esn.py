@@ -1,0 +1,201 @@
+"""Closed-form training of an echo state network's readout (Jaeger & Haas 2004).
+
+One pass over the corpus: the text is cut into ``streams`` contiguous parallel streams, the
+reservoir runs over them ``chunk`` steps at a time, and each chunk's features ``Z = [x_t; u_t; 1]``
+(M, F + 1) and one-hot next characters ``Y`` (M, V) are added into ``Z^T Z`` and ``Z^T Y`` (float64).
+Memory stays bounded by one chunk plus two (F + 1)-wide matrices, however long the corpus. The first
+``washout`` steps of each stream are left out (the reservoir still remembers its zero start).
+Then ridge regression:
+
+    W = (Z^T Z + ridge * M * I')^{-1} Z^T Y
+
+(``I'`` leaves the bias unpenalised; ``ridge`` is per example, so its meaning does not change with
+the corpus size). The readout's scores are regression estimates of the next character's one-hot
+vector, not log-probabilities; a single inverse temperature ``s`` is fitted by Newton's method on
+validation text so that ``softmax(s * scores)`` minimises the validation cross-entropy (convex in
+``s``), which gives a real bits-per-character figure.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.esn import EchoStateLM
+
+logger = logging.getLogger(__name__)
+
+#: validation characters used to fit the temperature (scores held in memory: M x V floats)
+MAX_TEMPERATURE_CHARS = 200_000
+
+
+@dataclass
+class ESNFit:
+    """What the closed-form fit did, for the checkpoint's training summary."""
+
+    train_chars: int
+    val_chars: int
+    ridge: float
+    logit_scale: float
+    train_mse: float
+    val_bpc: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return {"algorithm": "esn-ridge", **asdict(self)}
+
+
+def _streams(ids: np.ndarray, streams: int) -> Tensor:
+    """(S, L) contiguous streams of the corpus; the tail that does not fill a row is dropped."""
+    ids = np.asarray(ids, dtype=np.int64)
+    streams = max(1, min(streams, len(ids) // 2))
+    length = len(ids) // streams
+    if length < 2:
+        raise ValueError(f"corpus of {len(ids)} characters is too short for the reservoir fit")
+    return torch.from_numpy(ids[: streams * length].reshape(streams, length).copy())
+
+
+def _chunks(
+    model: EchoStateLM, ids: np.ndarray, streams: int, chunk: int, washout: int
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Per chunk: reservoir states (M, N), input ids (M,) and target ids (M,), washout removed."""
+    rows = _streams(ids, streams).to(model.reservoir.device)
+    state = model.initial_state(rows.shape[0])
+    steps = rows.shape[1] - 1
+    for start in range(0, steps, chunk):
+        stop = min(start + chunk, steps)
+        inputs = rows[:, start:stop]
+        states, state = model.run_reservoir(inputs, state)  # (S, t, N)
+        skip = max(0, washout - start)
+        if skip >= stop - start:
+            continue
+        yield (
+            states[:, skip:].reshape(-1, states.shape[-1]),
+            inputs[:, skip:].reshape(-1),
+            rows[:, start + 1 + skip : stop + 1].reshape(-1),
+        )
+
+
+def design_matrix(model: EchoStateLM, states: Tensor, inputs: Tensor) -> Tensor:
+    """Z = [x_t; u_t; 1] (M, N + V + 1)."""
+    features = model.features(states, inputs)
+    return torch.cat([features, torch.ones(features.shape[0], 1, dtype=features.dtype)], dim=1)
+
+
+@torch.no_grad()
+def accumulate_normal_equations(
+    model: EchoStateLM, ids: np.ndarray, streams: int = 32, chunk: int = 256, washout: int = 50
+) -> tuple[Tensor, Tensor, int]:
+    """``Z^T Z`` (F+1, F+1), ``Z^T Y`` (F+1, V) in float64 and the number of examples M."""
+    width = model.num_features + 1
+    vocab = model.config.vocab_size
+    gram = torch.zeros(width, width, dtype=torch.float64)
+    cross = torch.zeros(width, vocab, dtype=torch.float64)
+    count = 0
+    for states, inputs, targets in _chunks(model, ids, streams, chunk, washout):
+        # (M, F+1), summed in float64: the one-hot and bias columns make Z^T Z ill-conditioned
+        z = design_matrix(model, states, inputs).cpu().double()
+        gram += z.T @ z
+        # Z^T Y adds each row of Z into its target's column: no (M, V) one-hot needed
+        cross.index_add_(1, targets.cpu(), z.T)
+        count += z.shape[0]
+    if count == 0:
+        raise ValueError("no training examples left after the washout; use a longer corpus")
+    return gram, cross, count
+
+
+def solve_ridge(gram: Tensor, cross: Tensor, count: int, ridge: float) -> Tensor:
+    """(F+1, V) readout weights, the last row the bias (left out of the penalty)."""
+    penalty = torch.full((gram.shape[0],), ridge * count, dtype=gram.dtype)
+    penalty[-1] = 0.0
+    system = gram + torch.diag(penalty)
+    try:
+        factor = torch.linalg.cholesky(system)
+        return torch.cholesky_solve(cross, factor)
+    except RuntimeError:  # singular without a penalty (e.g. ridge=0 and a constant feature)
+        return torch.linalg.lstsq(system, cross).solution
+
+
+def fit_logit_scale(scores: Tensor, targets: Tensor, iterations: int = 50) -> float:
+    """The ``s`` > 0 minimising the mean cross-entropy of ``softmax(s * scores)`` (Newton)."""
+    scores = scores.double()
+    target_scores = scores.gather(1, targets.unsqueeze(1)).squeeze(1)
+    scale = 1.0
+    for _ in range(iterations):
+        probs = torch.softmax(scale * scores, dim=1)
+        mean = (probs * scores).sum(1)
+        gradient = float((mean - target_scores).mean())
+        curvature = float(((probs * scores**2).sum(1) - mean**2).mean())
+        if curvature <= 1e-12:
+            break
+        new_scale = max(scale - gradient / curvature, scale / 4)  # damped: stay positive
+        if abs(new_scale - scale) < 1e-9 * max(1.0, scale):
+            scale = new_scale
+            break
+        scale = new_scale
+    return scale
+
+
+@torch.no_grad()
+def _validation_scores(
+    model: EchoStateLM, ids: np.ndarray, streams: int, chunk: int, limit: int
+) -> tuple[Tensor, Tensor]:
+    scores, targets = [], []
+    for states, inputs, target in _chunks(model, ids[: limit + 1], streams, chunk, washout=0):
+        scores.append(model.scores(states, inputs).cpu())
+        targets.append(target.cpu())
+    return torch.cat(scores), torch.cat(targets)
+
+
+def fit_esn(
+    model: EchoStateLM,
+    train_ids: np.ndarray,
+    val_ids: np.ndarray,
+    *,
+    streams: int = 32,
+    chunk: int = 256,
+    washout: int = 50,
+) -> ESNFit:
+    """Fit the readout by ridge regression and the temperature on validation, in place."""
+    started = time.perf_counter()
+    model.eval()
+    ridge = float(model.option("ridge"))
+    gram, cross, count = accumulate_normal_equations(model, train_ids, streams, chunk, washout)
+    logger.info("esn: accumulated %d examples in %.1fs", count, time.perf_counter() - started)
+    weights = solve_ridge(gram, cross, count, ridge)  # (F+1, V)
+    # mean squared error of the fit, from the normal equations: (Y^T Y - 2 W.Z^T Y + W^T Z^T Z W)/M
+    sse = count - 2 * float((weights * cross).sum()) + float((weights * (gram @ weights)).sum())
+    device = model.readout.weight.device
+    with torch.no_grad():
+        model.readout.weight.copy_(weights[:-1].T.to(device))
+        model.readout.bias.copy_(weights[-1].to(device))
+        scores, targets = _validation_scores(
+            model, val_ids, min(streams, 8), chunk, MAX_TEMPERATURE_CHARS
+        )
+        scale = fit_logit_scale(scores, targets)
+        model.logit_scale.fill_(scale)
+        nll = torch.nn.functional.cross_entropy(scale * scores.double(), targets)
+    fit = ESNFit(
+        train_chars=count,
+        val_chars=int(targets.numel()),
+        ridge=ridge,
+        logit_scale=scale,
+        train_mse=sse / (count * model.config.vocab_size),
+        val_bpc=float(nll) / math.log(2),
+        seconds=time.perf_counter() - started,
+    )
+    logger.info(
+        "esn: logit scale %.3g, validation %.4f bpc on %d chars (%.1fs)",
+        scale,
+        fit.val_bpc,
+        fit.val_chars,
+        fit.seconds,
+    )
+    return fit
