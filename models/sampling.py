@@ -87,8 +87,14 @@ def choose_next(
     logits: Tensor,
     params: Sequence[SamplingParams],
     generators: Sequence[torch.Generator],
+    uniforms: Tensor | None = None,
 ) -> Tensor:
-    """Pick the next id for each row of ``logits`` (B, V) with its own settings and generator."""
+    """Pick the next id for each row of ``logits`` (B, V) with its own settings and generator.
+
+    ``uniforms`` (B,), when given, stands for the one number each row would draw from its
+    generator now; callers that prefetch each generator's numbers in blocks (``torch.rand(n)``
+    yields the same sequence as ``n`` single draws) pass them to save a call per row.
+    """
     logits = mask_special(logits.float())
     temperature = torch.tensor([p.temperature for p in params], device=logits.device)
     top_k = torch.tensor([p.top_k for p in params], device=logits.device)
@@ -102,7 +108,9 @@ def choose_next(
     if any(p.top_p < 1.0 for p in params):
         scaled = top_p_filter(scaled, top_p)
     # one uniform per row from the row's generator, drawn on the CPU so results match on any device
-    uniforms = torch.stack([torch.rand((), generator=g) for g in generators]).to(logits.device)
+    if uniforms is None:
+        uniforms = torch.stack([torch.rand((), generator=g) for g in generators])
+    uniforms = uniforms.to(logits.device)
     sampled = draw(scaled.softmax(dim=-1), uniforms)
     return torch.where(temperature > 0, sampled, greedy)
 
