@@ -9,8 +9,9 @@ with ``u_t`` the one-hot character, ``a`` the leak rate, ``W_in`` uniform in +-i
 radius is exactly ``spectral_radius`` (below 1 for the echo-state property: the state forgets its
 start). Nothing in the reservoir is trained. The readout sees the reservoir and the current
 character, ``y_t = W_out [x_t; u_t] + c``, and is fitted in closed form by ridge regression onto
-the one-hot next character (``training.esn``); a scalar ``logit_scale`` fitted on validation data
-turns those scores into calibrated probabilities, ``softmax(logit_scale * y_t)``.
+the one-hot next character (``training.esn``). Regression scores are not log-probabilities: an
+inverse temperature ``logit_scale`` and a per-character offset ``logit_bias``, fitted on validation
+data, turn them into calibrated probabilities, ``softmax(logit_scale * y_t + logit_bias)``.
 
 The reservoir is kept as buffers (stored dense in the checkpoint, zeros included: safetensors has
 no sparse tensors, and a dense (N, N) matmul is the fast path on CPU for the sizes used here).
@@ -68,6 +69,7 @@ class EchoStateLM(CharLM):
     input_weights: Tensor  # (N, V)
     reservoir_bias: Tensor  # (N,)
     logit_scale: Tensor  # (1,): the softmax temperature's inverse, fitted on validation
+    logit_bias: Tensor  # (V,): per-character offsets, fitted with the temperature
     default_options: ClassVar[dict[str, Any]] = {
         "spectral_radius": 0.9,
         "density": 0.1,
@@ -107,6 +109,7 @@ class EchoStateLM(CharLM):
             "reservoir_bias", (torch.rand(size, generator=generator) * 2 - 1) * scale_bias
         )
         self.register_buffer("logit_scale", torch.ones(1))
+        self.register_buffer("logit_bias", torch.zeros(vocab))
         # the readout of [x_t; u_t]; near zero until fitted: an unfitted model is almost uniform
         self.readout = nn.Linear(size + vocab, vocab)
         nn.init.normal_(self.readout.weight, std=0.01, generator=generator)
@@ -143,7 +146,7 @@ class EchoStateLM(CharLM):
 
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         states, new_state = self.run_reservoir(ids, state)
-        return self.scores(states, ids) * self.logit_scale, new_state
+        return self.scores(states, ids) * self.logit_scale + self.logit_bias, new_state
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         device = device if device is not None else self.reservoir.device

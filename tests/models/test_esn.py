@@ -27,7 +27,7 @@ def test_reservoir_is_sparse_fixed_and_only_the_readout_trains() -> None:
     assert 0.07 < density < 0.13
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"readout.weight", "readout.bias"}
-    assert {"reservoir", "input_weights", "reservoir_bias", "logit_scale"} <= set(
+    assert {"reservoir", "input_weights", "reservoir_bias", "logit_scale", "logit_bias"} <= set(
         model.state_dict()
     )
 

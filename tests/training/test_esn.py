@@ -12,6 +12,7 @@ from models.vocab import CharVocab
 from training.esn import (
     accumulate_normal_equations,
     design_matrix,
+    fit_calibration,
     fit_esn,
     fit_logit_scale,
     solve_ridge,
@@ -58,6 +59,16 @@ def test_logit_scale_minimises_validation_cross_entropy() -> None:
     assert best > 0
     for other in (best * 0.9, best * 1.1, best + 0.05, best - 0.05):
         assert loss(best) <= loss(other)
+    scale, offsets = fit_calibration(scores, targets)
+
+    def loss_with(s: float, b: torch.Tensor) -> float:
+        return float(torch.nn.functional.cross_entropy(s * scores + b, targets))
+
+    assert loss_with(scale, offsets) <= loss(best) + 1e-9
+    nudge = torch.zeros(6)
+    nudge[2] = 0.05
+    for s, b in ((scale * 1.05, offsets), (scale, offsets + nudge), (scale, offsets - nudge)):
+        assert loss_with(scale, offsets) <= loss_with(s, b)
 
 
 @pytest.mark.parametrize("ridge", [1e-5, 1e-3])
