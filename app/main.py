@@ -1,0 +1,96 @@
+"""The app factory: ``create_app(settings)`` wires settings, models, routes and error handlers.
+
+Models are loaded in the lifespan (not at import) and stopped, with a grace period, at shutdown.
+``app_from_env`` is the factory uvicorn workers call: it reads the settings from ``CHARLM_*``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+
+from app.deps import Services, require_api_key
+from app.errors import install_error_handlers
+from app.metrics import Metrics
+from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.model_store import ModelStore
+from app.routers import completions, generate, health, models, playground, score
+from app.schemas.common import Limits, apply_limits_to_openapi
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+API_VERSION = "1"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; ``settings`` defaults to the ``CHARLM_*`` environment."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    store = ModelStore(settings, metrics)
+    keys = [k.encode("utf-8") for k in settings.load_api_keys()]
+    limits = Limits(max_text_chars=settings.max_text_chars, max_new_chars=settings.max_new_chars)
+    services = Services(settings, metrics, store, keys, limits)
+    metrics.watch_engines(store.engines)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logger.info(
+            "loading models from %s (API keys: %s)",
+            settings.models_dir,
+            f"{len(keys)} configured" if keys else "off",
+        )
+        await store.load()
+        try:
+            yield
+        finally:
+            await store.stop(settings.shutdown_grace_s)
+
+    app = FastAPI(
+        title="charlm",
+        version=API_VERSION,
+        summary="Character-level language models: score texts and generate, OpenAI-compatible.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+
+    secured = [Depends(require_api_key)]
+    app.include_router(health.router)
+    app.include_router(playground.router)
+    for router in (models.router, score.router, generate.router, completions.router):
+        app.include_router(router, dependencies=secured)
+
+    # middleware: the last added runs first (request ids wrap everything)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            app.openapi_schema = apply_limits_to_openapi(schema, limits)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` and worker processes: settings from the environment."""
+    return create_app(Settings())

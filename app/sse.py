@@ -1,0 +1,62 @@
+"""Server-Sent Events: ``data: {json}\\n\\n`` per event, ``data: [DONE]\\n\\n`` at the end.
+
+An error after the stream started cannot change the status any more; it becomes an event
+``data: {"error": {...}}`` followed by ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from app.errors import from_engine_error
+
+logger = logging.getLogger(__name__)
+
+DONE = b"data: [DONE]\n\n"
+
+
+def sse_event(payload: Any) -> bytes:
+    """One event; JSON escapes newlines, so a payload is always a single ``data:`` line."""
+    return b"data: " + json.dumps(payload, ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+
+async def sse_body(events: AsyncIterator[Any]) -> AsyncGenerator[bytes, None]:
+    """Frame ``events`` (JSON-able objects), then ``[DONE]``; errors become an error event."""
+    try:
+        async for payload in events:
+            yield sse_event(payload)
+    except Exception as exc:
+        error = from_engine_error(exc)
+        logger.warning("stream ended by an error: %s", error.message)
+        yield sse_event(error.body())
+    finally:
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()
+    yield DONE
+
+
+class SSEResponse(StreamingResponse):
+    """A streaming response that always closes its body iterator, so a client that disconnects
+    cancels the generation behind it at once rather than when the garbage collector runs."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[Any], headers: dict[str, str] | None = None) -> None:
+        self._body = sse_body(events)
+        super().__init__(
+            self._body,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._body.aclose()
