@@ -1,41 +1,57 @@
 """The per-model inference engine: the only place where the server touches tensors.
 
-Routes call ``ModelEngine.score`` and ``ModelEngine.generate``; the engine runs the model on a
-worker thread so the event loop stays free. This first version runs one request at a time.
+Routes call ``ModelEngine.score`` and ``ModelEngine.generate``; a scheduler thread per model runs
+every forward pass (``app.scheduler``): completions join the running batch at the next step and
+leave it when done, scoring requests are gathered for a few milliseconds and scored in padded
+groups of similar length.
+
+Limits: ``max_batch_size`` rows per step (completions generating or reading their prompt; also the
+most texts in one scoring forward), ``max_queue`` requests waiting (beyond it ``QueueFullError``
+at once, with a ``retry_after`` estimate), ``request_timeout_s`` per request (a request still
+queued then raises ``RequestTimeoutError``; a completion already running ends with
+``finish_reason == "timeout"``).
+
+Finish reasons of a completion: ``"length"`` (``max_chars`` reached), ``"stop"`` (a stop string
+was generated; it is not part of the text), ``"timeout"`` (see above) and ``"abort"`` (the engine
+stopped before the completion ended; the text is what was generated until then).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
+from app.engine_errors import (
+    CannotGenerateError,
+    EngineClosedError,
+    EngineError,
+    QueueFullError,
+    RequestTimeoutError,
+)
+from app.engine_requests import CompletionText, GenerationRequest, Mailbox, Phase, ScoreRequest
+from app.engine_stats import EngineCounters, HistogramSnapshot
+from app.scheduler import Scheduler
 from models.checkpoint import LoadedCheckpoint
-from models.sampling import SamplingParams, StopMatcher, choose_next, make_generator, prime
-from models.scoring import TextScore, score_texts
+from models.sampling import SamplingParams, make_generator
+from models.scoring import TextScore
+from models.vocab import BOS_ID
 
+__all__ = [
+    "CannotGenerateError",
+    "EngineClosedError",
+    "EngineError",
+    "GenerationChunk",
+    "ModelEngine",
+    "QueueFullError",
+    "RequestTimeoutError",
+]
 
-class EngineError(Exception):
-    """Base class of the engine's errors."""
-
-
-class QueueFullError(EngineError):
-    """Too many requests are waiting; the client should retry later."""
-
-    def __init__(self, retry_after: float = 1.0) -> None:
-        super().__init__("the server is at capacity; retry later")
-        self.retry_after = retry_after
-
-
-class EngineClosedError(EngineError):
-    """The engine is shutting down and takes no new work."""
-
-
-class CannotGenerateError(EngineError):
-    """The model's architecture cannot generate left to right."""
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,59 +59,91 @@ class GenerationChunk:
     """New text for one completion; the last chunk carries ``finish_reason``."""
 
     text: str
-    finish_reason: str | None = None  # None while running, then "length" or "stop"
-    num_chars: int = 0  # characters generated so far, stop string excluded
+    finish_reason: str | None = None  # None while running; see the module docstring
+    num_chars: int = 0  # characters of the completion so far, this chunk included
     seed: int = 0
 
 
 class ModelEngine:
-    """Serves one loaded checkpoint."""
+    """Serves one loaded checkpoint: continuous batching of completions, micro-batched scoring."""
 
-    def __init__(self, name: str, checkpoint: LoadedCheckpoint, max_queue: int = 256) -> None:
+    def __init__(
+        self,
+        name: str,
+        checkpoint: LoadedCheckpoint,
+        max_queue: int = 256,
+        *,
+        max_batch_size: int = 32,
+        request_timeout_s: float = 120.0,
+        prompt_chunk: int = 256,
+        score_gather_s: float = 0.002,
+        stream_interval_s: float = 0.02,
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1:
+            raise ValueError("max_batch_size and max_queue must be >= 1")
+        if request_timeout_s <= 0:
+            raise ValueError("request_timeout_s must be > 0")
         self.name = name
         self.checkpoint = checkpoint
         self.max_queue = max_queue
-        self._lock = threading.Lock()
-        self._waiting = 0
-        self._closed = False
+        self.max_batch_size = max_batch_size
+        self.request_timeout_s = request_timeout_s
+        self._counters = EngineCounters()
+        self._scheduler = Scheduler(
+            checkpoint.model,
+            checkpoint.vocab,
+            self._counters,
+            max_batch_size=max_batch_size,
+            max_queue=max_queue,
+            prompt_chunk=prompt_chunk,
+            score_gather_s=score_gather_s,
+            stream_interval_s=stream_interval_s,
+        )
 
     @property
     def can_generate(self) -> bool:
         return self.checkpoint.model.can_generate
 
     async def start(self) -> None:
-        self._closed = False
+        """Start the scheduler thread; requests are accepted from now on."""
+        self.checkpoint.model.eval()
+        self._scheduler.start(self.name)
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
-        self._closed = True
+        """Refuse new requests, let admitted ones finish for up to ``grace_seconds``, then end the
+        rest (completions with ``finish_reason == "abort"``, scoring with ``EngineClosedError``)
+        and stop the thread."""
+        self._scheduler.close()
+        deadline = time.monotonic() + max(0.0, grace_seconds)
+        while self._scheduler.busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._scheduler.busy():
+            logger.warning("model %s: grace period over, aborting running requests", self.name)
+        self._scheduler.abort()
+        await asyncio.to_thread(self._scheduler.join)
 
-    def _admit(self) -> None:
-        if self._closed:
-            raise EngineClosedError(f"model {self.name!r} is shutting down")
-        if self._waiting >= self.max_queue:
-            raise QueueFullError()
-
-    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
-        self._admit()
-        self._waiting += 1
-        try:
-            return await asyncio.to_thread(self._locked, fn, *args)
-        finally:
-            self._waiting -= 1
-
-    def _locked(self, fn, *args):  # type: ignore[no-untyped-def]
-        with self._lock, torch.inference_mode():
-            return fn(*args)
-
+    # ------------------------------------------------------------------ scoring
     async def score(
         self, texts: Sequence[str], context: str = "", top_k: int = 0
     ) -> list[TextScore]:
-        ckpt = self.checkpoint
-        result: list[TextScore] = await self._run(
-            score_texts, ckpt.model, ckpt.vocab, list(texts), context, top_k
-        )
-        return result
+        """Score each text after ``context`` (see ``models.scoring``), batched with others."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[TextScore]] = loop.create_future()
+        request = ScoreRequest(list(texts), context, top_k, loop, future)
+        self._scheduler.submit_score(request)
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                return await future
+        except TimeoutError:
+            self._counters.reject("timeout")
+            raise RequestTimeoutError(
+                f"scoring took longer than {self.request_timeout_s:g} s"
+            ) from None
+        finally:
+            if not future.done() or request.phase is not Phase.DONE:
+                self._scheduler.cancel(request)
 
+    # ------------------------------------------------------------------ generation
     async def generate(
         self,
         prompt: str,
@@ -104,32 +152,106 @@ class ModelEngine:
         seed: int | None = None,
         stop: Sequence[str] = (),
     ) -> AsyncIterator[GenerationChunk]:
-        """Yield the completion as it grows; stop iterating (``aclose``) to cancel it."""
+        """Yield one completion of ``prompt`` as it grows; stop iterating (``aclose``) to cancel.
+
+        Ready characters are coalesced into one chunk; characters that could begin a stop string
+        are held back until they cannot. The same ``seed`` gives the same text whatever runs
+        beside it. Raises ``CannotGenerateError``, ``QueueFullError``, ``EngineClosedError`` or
+        ``RequestTimeoutError`` before the first chunk.
+        """
         if not self.can_generate:
             raise CannotGenerateError(
                 f"model {self.name!r} ({self.checkpoint.config.arch}) cannot generate text"
             )
-        model, vocab = self.checkpoint.model, self.checkpoint.vocab
         generator, used_seed = make_generator(seed)
-        matcher = StopMatcher(stop)
-        logits, state = await self._run(prime, model, vocab, prompt, 1)
-        text = ""
-        emitted = 0
-        for _ in range(max_chars):
-            next_id = choose_next(logits, [params], [generator])
-            text += vocab.token(int(next_id[0]))
-            cut = matcher.find(text)
-            if cut is not None:
-                text = text[:cut]
-                safe = text[emitted:]
-                yield GenerationChunk(safe, "stop", len(text), used_seed)
+        if max_chars < 1:
+            yield GenerationChunk("", "length", 0, used_seed)
+            return
+        vocab = self.checkpoint.vocab
+        ids = np.concatenate([[BOS_ID], vocab.encode_array(prompt)]).astype(np.int64)
+        now = time.monotonic()
+        request = GenerationRequest(
+            ids=ids,
+            max_chars=max_chars,
+            params=params,
+            generator=generator,
+            seed=used_seed,
+            text=CompletionText(stop),
+            mailbox=Mailbox(asyncio.get_running_loop()),
+            admitted_at=now,
+            deadline=now + self.request_timeout_s,
+        )
+        self._scheduler.submit_generation(request)
+        box = request.mailbox
+        try:
+            while True:
+                await self._wait(request)
+                box.event.clear()
+                text, num_chars, finish, error = box.take()
+                if error is not None:
+                    raise error
+                if text or finish is not None:
+                    yield GenerationChunk(text, finish, num_chars, used_seed)
+                if finish is not None:
+                    return
+        finally:
+            if request.phase is not Phase.DONE:
+                self._scheduler.cancel(request)
+
+    async def _wait(self, request: GenerationRequest) -> None:
+        """Wait for the request's next text; time out if it is still queued at its deadline."""
+        event = request.mailbox.event
+        while request.phase is Phase.QUEUED:
+            remaining = request.deadline - time.monotonic()
+            try:
+                async with asyncio.timeout(max(0.0, remaining)):
+                    await event.wait()
                 return
-            # hold back characters that may be the start of a stop string
-            hold = max(0, matcher.longest - 1)
-            ready = len(text) - hold
-            if ready > emitted:
-                yield GenerationChunk(text[emitted:ready], None, ready, used_seed)
-                emitted = ready
-            out, state = await self._run(model, next_id.unsqueeze(-1), state)
-            logits = out[:, -1]
-        yield GenerationChunk(text[emitted:], "length", len(text), used_seed)
+            except TimeoutError:
+                if self._scheduler.cancel(request):
+                    self._counters.reject("timeout")
+                    raise RequestTimeoutError(
+                        f"the request waited longer than {self.request_timeout_s:g} s to start"
+                    ) from None
+        # running: the scheduler ends it at its deadline with finish_reason "timeout"
+        await event.wait()
+
+    # ------------------------------------------------------------------ observability
+    def stats(self) -> dict[str, float]:
+        """A snapshot for ``/metrics`` and benchmarks: queue, running rows, counters."""
+        queued_gen, queued_score, running = self._scheduler.counts()
+        c = self._counters
+        with c.lock:
+            stats: dict[str, float] = {
+                "queue_depth": queued_gen + queued_score,
+                "queued_generations": queued_gen,
+                "queued_scorings": queued_score,
+                "running_rows": running,
+                "max_batch_size": self.max_batch_size,
+                "max_queue": self.max_queue,
+                "steps": c.steps,
+                "chars_generated": c.chars_generated,
+                "chars_scored": c.chars_scored,
+                "completions": sum(c.finished.values()),
+                "scored_requests": c.scored_requests,
+            }
+            for reason in ("queue_full", "closed", "timeout"):
+                stats[f"rejected_{reason}"] = c.rejected[reason]
+            for reason, count in c.finished.items():
+                stats[f"finished_{reason}"] = count
+        return stats
+
+    def histograms(self) -> dict[str, HistogramSnapshot]:
+        """Time to first character, time per output character and rows per decode step."""
+        c = self._counters
+        with c.lock:
+            return {
+                "time_to_first_char_seconds": c.ttfc.snapshot(),
+                "time_per_output_char_seconds": c.time_per_char.snapshot(),
+                "decode_batch_rows": c.batch_size.snapshot(),
+            }
+
+    def rejections(self) -> dict[str, int]:
+        """Requests refused, by reason: ``queue_full``, ``closed``, ``timeout``."""
+        with self._counters.lock:
+            return dict(self._counters.rejected)

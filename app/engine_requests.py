@@ -1,0 +1,184 @@
+"""The engine's requests as the scheduler sees them, and the hand-off of text to the event loop.
+
+A generation request belongs to the event loop until the scheduler takes it, then its row belongs
+to the worker thread; the only things both sides touch are the ``Mailbox`` (under its own lock),
+the ``cancelled`` flag (a plain attribute write, atomic under the GIL) and the request's ``phase``
+(changed under the scheduler's lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from models.base import State
+from models.sampling import SamplingParams, StopMatcher
+from models.scoring import TextScore
+
+# uniforms drawn from a row's generator at a time: the same numbers, in the same order, as one
+# ``torch.rand((), generator=g)`` per character (torch fills a tensor from the generator serially)
+UNIFORM_BLOCK = 64
+
+
+class Phase(enum.Enum):
+    QUEUED = "queued"  # waiting in the scheduler's queue
+    RUNNING = "running"  # reading its prompt or in the decode batch
+    DONE = "done"
+
+
+class CompletionText:
+    """The growing text of one completion: finds stop strings and says what is safe to show.
+
+    Characters that could be the start of a stop string are held back until the next characters
+    prove them innocent, so a stop string never reaches the client, not even in part.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.matcher = StopMatcher(stops)
+        self._prefixes = {s[:k] for s in self.matcher.stops for k in range(1, len(s))}
+        self.chars: list[str] = []
+        self.shown = 0  # characters released so far
+        self.stopped = False
+        self._tail = ""  # the last ``matcher.longest`` characters
+
+    @property
+    def length(self) -> int:
+        return len(self.chars)
+
+    def append(self, char: str) -> str:
+        """Add one generated character; return the text newly safe to show."""
+        self.chars.append(char)
+        if not self.matcher.stops:
+            self.shown = len(self.chars)
+            return char
+        self._tail = (self._tail + char)[-self.matcher.longest :]
+        index = self.matcher.find(self._tail, new_chars=1)
+        if index is not None:
+            # everything before the stop string is the result; it ends here
+            self.stopped = True
+            cut = len(self.chars) - len(self._tail) + index
+            del self.chars[cut:]
+            return self.release()
+        held = 0
+        for k in range(min(len(self._tail), self.matcher.longest - 1), 0, -1):
+            if self._tail[-k:] in self._prefixes:
+                held = k
+                break
+        return self._release_upto(len(self.chars) - held)
+
+    def release(self) -> str:
+        """Show everything kept (the completion has ended)."""
+        return self._release_upto(len(self.chars))
+
+    def _release_upto(self, end: int) -> str:
+        if end <= self.shown:
+            return ""
+        text = "".join(self.chars[self.shown : end])
+        self.shown = end
+        return text
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chars)
+
+
+class Mailbox:
+    """Text the worker has produced for one completion and its consumer has not read yet."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.event = asyncio.Event()  # set on ``loop`` only
+        self._lock = threading.Lock()
+        self._parts: list[str] = []
+        self._num_chars = 0
+        self._finish: str | None = None
+        self._error: BaseException | None = None
+        self._wake_pending = False
+
+    def put(
+        self,
+        text: str,
+        num_chars: int,
+        finish: str | None = None,
+        error: BaseException | None = None,
+    ) -> bool:
+        """Worker side: add text; True when the consumer needs a wake-up (none is pending)."""
+        with self._lock:
+            if text:
+                self._parts.append(text)
+            self._num_chars = num_chars
+            if finish is not None:
+                self._finish = finish
+            if error is not None:
+                self._error = error
+            if self._wake_pending:
+                return False
+            self._wake_pending = True
+            return True
+
+    def take(self) -> tuple[str, int, str | None, BaseException | None]:
+        """Consumer side: everything that arrived since the last call, as one piece."""
+        with self._lock:
+            text = "".join(self._parts)
+            self._parts.clear()
+            self._wake_pending = False
+            return text, self._num_chars, self._finish, self._error
+
+
+@dataclass(eq=False)
+class GenerationRequest:
+    """One completion: its prompt, settings, seeded generator and where its text goes."""
+
+    ids: np.ndarray  # (T,) BOS then the prompt's ids
+    max_chars: int
+    params: SamplingParams
+    generator: torch.Generator
+    seed: int
+    text: CompletionText
+    mailbox: Mailbox
+    admitted_at: float
+    deadline: float
+    phase: Phase = Phase.QUEUED
+    cancelled: bool = False
+    first_char_at: float | None = None
+    last_char_at: float = 0.0
+    # prompt reading: ids consumed so far and the 1-row state after them (None: initial state)
+    prompt_pos: int = 0
+    prompt_state: State | None = None
+    _uniforms: list[float] = field(default_factory=list)
+    _uniform_pos: int = 0
+
+    def next_uniform(self) -> float:
+        """The row's next uniform number, from its own generator (prefetched in blocks)."""
+        if self._uniform_pos == len(self._uniforms):
+            self._uniforms = torch.rand(UNIFORM_BLOCK, generator=self.generator).tolist()
+            self._uniform_pos = 0
+        value = self._uniforms[self._uniform_pos]
+        self._uniform_pos += 1
+        return value
+
+    def expired(self, now: float) -> bool:
+        return now >= self.deadline
+
+
+@dataclass(eq=False)
+class ScoreRequest:
+    """Texts to score with one context; resolved on its event loop when all texts are done."""
+
+    texts: list[str]
+    context: str
+    top_k: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[TextScore]]
+    admitted_at: float = field(default_factory=time.monotonic)
+    phase: Phase = Phase.QUEUED
+    cancelled: bool = False
+    results: list[TextScore | None] = field(default_factory=list)
+    remaining: int = 0

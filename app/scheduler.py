@@ -1,0 +1,396 @@
+"""The scheduler: one worker thread per model runs every forward pass (continuous batching).
+
+Each round of the worker loop:
+
+1. admits queued completions while the batch has free rows (``max_batch_size`` counts rows reading
+   their prompt and rows generating);
+2. runs one scoring group, if any (requests gathered for up to ``score_gather_s``, grouped by
+   length, one padded forward per group: see ``models.scoring.score_id_sequences``);
+3. advances the rows still reading their prompt by up to ``prompt_chunk`` ids, in one staircase
+   forward (``app.batching.advance_prompts``); rows that finish join the decode batch;
+4. runs one decode step: every row draws its next character with its own settings and generator,
+   rows that finished (length, stop, timeout) or were cancelled leave, the rest read their
+   character in one forward of batch size R.
+
+torch releases the GIL inside its kernels, so the event loop keeps serving HTTP meanwhile. Text
+reaches the event loop through each request's ``Mailbox``; the loop is woken at once for a
+request's first characters and its end, otherwise at most every ``stream_interval_s``, so a
+stream's characters are coalesced into few chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from app.batching import DecodeBatch, advance_prompts, plan_score_groups
+from app.engine_errors import EngineClosedError, QueueFullError
+from app.engine_requests import GenerationRequest, Mailbox, Phase, ScoreRequest
+from app.engine_stats import EngineCounters
+from models.base import CharLM
+from models.sampling import choose_next
+from models.scoring import score_id_sequences
+from models.vocab import CharVocab
+
+logger = logging.getLogger(__name__)
+
+ScoreItem = tuple[ScoreRequest, int, np.ndarray, np.ndarray]  # request, text index, ids, context
+
+
+@contextlib.contextmanager
+def onednn(enabled: bool) -> Iterator[None]:
+    """Switch oneDNN (mkldnn) for the block. Its LSTM kernel is ~3x slower than PyTorch's own for
+    one-character steps of small batches, yet faster over long sequences (measured on CPU)."""
+    before = torch.backends.mkldnn.enabled
+    if before == enabled:
+        yield
+        return
+    torch.backends.mkldnn.enabled = enabled  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+def _set_events(boxes: list[Mailbox]) -> None:
+    for box in boxes:
+        box.event.set()
+
+
+def _resolve(request: ScoreRequest, error: BaseException | None) -> None:
+    if request.future.done():
+        return
+    if error is not None:
+        request.future.set_exception(error)
+    else:
+        request.future.set_result([r for r in request.results if r is not None])
+
+
+class Scheduler:
+    """Owns the queues and the worker thread of one model."""
+
+    def __init__(
+        self,
+        model: CharLM,
+        vocab: CharVocab,
+        counters: EngineCounters,
+        *,
+        max_batch_size: int,
+        max_queue: int,
+        prompt_chunk: int = 256,
+        score_gather_s: float = 0.002,
+        stream_interval_s: float = 0.02,
+    ) -> None:
+        self.model, self.vocab, self.counters = model, vocab, counters
+        self.max_batch_size, self.max_queue = max_batch_size, max_queue
+        self.prompt_chunk = prompt_chunk
+        self.score_gather_s, self.stream_interval_s = score_gather_s, stream_interval_s
+        self._cond = threading.Condition()
+        self._generations: deque[GenerationRequest] = deque()
+        self._scorings: deque[ScoreRequest] = deque()
+        self._closed = True
+        self._abort = False
+        self._thread: threading.Thread | None = None
+        # worker-only state
+        self._prompting: list[GenerationRequest] = []
+        self._batch = DecodeBatch([])
+        self._score_groups: deque[list[ScoreItem]] = deque()
+        self._wakes: dict[asyncio.AbstractEventLoop, list[Mailbox]] = {}
+        self._urgent = False
+        self._last_publish = 0.0
+
+    # ------------------------------------------------------------------ event-loop side
+    def start(self, name: str) -> None:
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._closed, self._abort = False, False
+            self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Take no new requests; those admitted go on."""
+        with self._cond:
+            self._closed = True
+
+    def abort(self) -> None:
+        """End everything now: completions with ``"abort"``, scoring with ``EngineClosedError``."""
+        with self._cond:
+            self._closed, self._abort = True, True
+            self._cond.notify()
+
+    def join(self) -> None:
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+        self._thread = None
+
+    def _admit(self, queue_len: int) -> None:
+        if self._closed:
+            self.counters.reject("closed")
+            raise EngineClosedError("the model is shutting down")
+        if queue_len >= self.max_queue:
+            self.counters.reject("queue_full")
+            busy = queue_len / self.max_batch_size + 1
+            retry = min(60.0, max(1.0, busy * self.counters.mean_request_s))
+            raise QueueFullError(retry, f"{queue_len} requests are waiting; retry later")
+
+    def submit_generation(self, request: GenerationRequest) -> None:
+        with self._cond:
+            self._admit(len(self._generations) + len(self._scorings))
+            self._generations.append(request)
+            self._cond.notify()
+
+    def submit_score(self, request: ScoreRequest) -> None:
+        with self._cond:
+            self._admit(len(self._generations) + len(self._scorings))
+            self._scorings.append(request)
+            self._cond.notify()
+
+    def cancel(self, request: GenerationRequest | ScoreRequest) -> bool:
+        """Forget a request; True if it was still queued (it never ran)."""
+        with self._cond:
+            request.cancelled = True
+            if request.phase is not Phase.QUEUED:
+                return False
+            request.phase = Phase.DONE
+            if isinstance(request, GenerationRequest):
+                self._generations.remove(request)
+            else:
+                self._scorings.remove(request)
+            return True
+
+    def counts(self) -> tuple[int, int, int]:
+        """Queued completions, queued scoring requests, rows generating or reading a prompt."""
+        with self._cond:
+            running = len(self._batch.rows) + len(self._prompting)
+            return len(self._generations), len(self._scorings), running
+
+    def busy(self) -> bool:
+        with self._cond:
+            return bool(
+                self._generations
+                or self._scorings
+                or self._batch.rows
+                or self._prompting
+                or self._score_groups
+            )
+
+    # ------------------------------------------------------------------ worker thread
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while self._next_round():
+                try:
+                    self._round()
+                except Exception as exc:  # keep serving: fail what was running, not the thread
+                    logger.exception("engine round failed")
+                    self._end_all(error=exc)
+                self._publish()
+            self._end_all(error=EngineClosedError("the model is shutting down"))
+            self._publish(force=True)
+
+    def _next_round(self) -> bool:
+        """Wait for work and take what fits; False when the engine is aborting."""
+        with self._cond:
+            while True:
+                if self._abort:
+                    return False
+                now = time.monotonic()
+                free = self.max_batch_size - len(self._batch.rows) - len(self._prompting)
+                while free > 0 and self._generations:
+                    request = self._generations.popleft()
+                    request.phase = Phase.RUNNING
+                    self._prompting.append(request)
+                    free -= 1
+                busy = bool(self._batch.rows or self._prompting or self._score_groups)
+                if self._scorings:
+                    texts = sum(len(r.texts) for r in self._scorings)
+                    wait = self._scorings[0].admitted_at + self.score_gather_s - now
+                    if busy or wait <= 0 or texts >= self.max_batch_size:
+                        self._take_scorings()
+                        return True
+                    self._cond.wait(wait)
+                    continue
+                if busy:
+                    return True
+                self._publish(force=True)
+                self._cond.wait()
+
+    def _take_scorings(self) -> None:
+        """Encode every queued scoring request and plan its texts into length groups."""
+        by_top_k: dict[int, list[ScoreItem]] = {}
+        while self._scorings:
+            request = self._scorings.popleft()
+            request.phase = Phase.RUNNING
+            request.results = [None] * len(request.texts)
+            request.remaining = len(request.texts)
+            if not request.texts:
+                request.loop.call_soon_threadsafe(_resolve, request, None)
+                continue
+            context = self.vocab.encode_array(request.context)
+            for i, text in enumerate(request.texts):
+                item = (request, i, self.vocab.encode_array(text), context)
+                by_top_k.setdefault(request.top_k, []).append(item)
+        for items in by_top_k.values():
+            lengths = [len(ids) + len(ctx) for _, _, ids, ctx in items]
+            for group in plan_score_groups(lengths, self.max_batch_size):
+                self._score_groups.append([items[i] for i in group])
+
+    def _round(self) -> None:
+        if self._score_groups:
+            self._score(self._score_groups.popleft())
+        if self._prompting:
+            now = time.monotonic()
+            for request in [r for r in self._prompting if r.cancelled or r.expired(now)]:
+                self._prompting.remove(request)
+                self._finish(request, "cancelled" if request.cancelled else "timeout", now)
+            joined = advance_prompts(self.model, self._prompting, self.prompt_chunk)
+            if joined:
+                self._prompting = [r for r in self._prompting if r.prompt_pos < len(r.ids)]
+                with self._cond:  # ``counts`` reads the batch from the event loop
+                    self._batch.join(joined)
+        if self._batch.rows:
+            self._step()
+
+    def _score(self, group: list[ScoreItem]) -> None:
+        live = [item for item in group if not item[0].cancelled]
+        if not live:
+            return
+        results = score_id_sequences(
+            self.model, [ids for _, _, ids, _ in live], [c for _, _, _, c in live], live[0][0].top_k
+        )
+        done: list[ScoreRequest] = []
+        for (request, index, _, _), result in zip(live, results, strict=True):
+            request.results[index] = result
+            request.remaining -= 1
+            if request.remaining == 0:
+                request.phase = Phase.DONE
+                done.append(request)
+        now = time.monotonic()
+        with self.counters.lock:
+            self.counters.chars_scored += sum(len(ids) for _, _, ids, _ in live)
+            self.counters.scored_requests += len(done)
+            for request in done:
+                self.counters.request_done(now - request.admitted_at)
+        for request in done:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
+                request.loop.call_soon_threadsafe(_resolve, request, None)
+
+    def _step(self) -> None:
+        """One character for every row of the decode batch."""
+        batch, now = self._batch, time.monotonic()
+        keep = [i for i, r in enumerate(batch.rows) if not (r.cancelled or r.expired(now))]
+        if len(keep) < len(batch.rows):
+            for i in sorted(set(range(len(batch.rows))) - set(keep)):
+                request = batch.rows[i]
+                self._finish(request, "cancelled" if request.cancelled else "timeout", now)
+            with self._cond:
+                batch.keep(keep)
+            if not batch.rows:
+                return
+        rows = batch.rows
+        assert batch.logits is not None and batch.state is not None
+        params = [r.params for r in rows]
+        uniforms = None
+        if not all(p.greedy for p in params):
+            uniforms = torch.tensor([r.next_uniform() for r in rows])
+        next_ids = choose_next(batch.logits, params, [r.generator for r in rows], uniforms)
+        keep = []
+        generated = 0
+        first_chars: list[float] = []
+        for i, (request, index) in enumerate(zip(rows, next_ids.tolist(), strict=True)):
+            shown = request.text.append(self.vocab.token(index))
+            generated += len(shown)
+            request.last_char_at = now
+            if request.first_char_at is None:
+                request.first_char_at = now
+                first_chars.append(now - request.admitted_at)
+                self._urgent = True
+            if request.text.stopped:
+                self._finish(request, "stop", now, shown)
+            elif len(request.text.chars) >= request.max_chars:
+                self._finish(request, "length", now, shown)
+            else:
+                keep.append(i)
+                if shown:
+                    self._deliver(request.mailbox, shown, request.text.shown)
+        with self.counters.lock:
+            self.counters.steps += 1
+            self.counters.chars_generated += generated
+            self.counters.batch_size.observe(len(rows))
+            for seconds in first_chars:
+                self.counters.ttfc.observe(seconds)
+        if len(keep) < len(rows):
+            with self._cond:
+                batch.keep(keep)
+            if not keep:
+                return
+            next_ids = next_ids[keep]
+        assert batch.state is not None
+        with onednn(False):
+            logits, state = self.model(next_ids.unsqueeze(-1), batch.state)  # (R, 1, V)
+        batch.logits, batch.state = logits[:, -1], state
+
+    def _finish(self, request: GenerationRequest, reason: str, now: float, shown: str = "") -> None:
+        """End one completion: send ``shown`` (new text not yet delivered), the text held back
+        and the finish reason; count it."""
+        request.phase = Phase.DONE
+        text = shown + request.text.release()
+        if reason != "cancelled":
+            self._deliver(request.mailbox, text, request.text.shown, reason)
+            self._urgent = True
+        with self.counters.lock:
+            self.counters.finished[reason] += 1
+            self.counters.chars_generated += len(text) - len(shown)
+            self.counters.request_done(now - request.admitted_at)
+            chars = len(request.text.chars)
+            if request.first_char_at is not None and chars > 1:
+                per_char = (request.last_char_at - request.first_char_at) / (chars - 1)
+                self.counters.time_per_char.observe(per_char)
+
+    def _deliver(self, box: Mailbox, text: str, num_chars: int, finish: str | None = None) -> None:
+        if box.put(text, num_chars, finish):
+            self._wakes.setdefault(box.loop, []).append(box)
+
+    def _publish(self, force: bool = False) -> None:
+        """Wake the consumers that have new text: one call per event loop."""
+        if not self._wakes:
+            return
+        now = time.monotonic()
+        if not (force or self._urgent or now - self._last_publish >= self.stream_interval_s):
+            return
+        for loop, boxes in self._wakes.items():
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
+                loop.call_soon_threadsafe(_set_events, boxes)
+        self._wakes = {}
+        self._urgent = False
+        self._last_publish = now
+
+    def _end_all(self, error: BaseException) -> None:
+        """Abort every completion (finish ``"abort"``) and fail every scoring request."""
+        now = time.monotonic()
+        with self._cond:
+            queued = list(self._generations)
+            self._generations.clear()
+            scorings = list(self._scorings)
+            self._scorings.clear()
+            running = self._prompting + self._batch.rows
+            self._prompting = []
+            self._batch = DecodeBatch([])
+        for request in queued + running:
+            if not request.cancelled:
+                self._finish(request, "abort", now)
+        pending = scorings + [item[0] for group in self._score_groups for item in group]
+        self._score_groups.clear()
+        for scoring in {id(s): s for s in pending}.values():
+            scoring.phase = Phase.DONE
+            with contextlib.suppress(RuntimeError):
+                scoring.loop.call_soon_threadsafe(_resolve, scoring, error)
