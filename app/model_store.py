@@ -31,7 +31,13 @@ def build_engine(
     model_id: str, checkpoint: LoadedCheckpoint, settings: Settings, metrics: Metrics
 ) -> ModelEngine:
     """The one place engines are constructed, with the configured limits."""
-    return ModelEngine(model_id, checkpoint, max_queue=settings.max_queue)
+    return ModelEngine(
+        model_id,
+        checkpoint,
+        max_queue=settings.max_queue,
+        max_batch_size=settings.max_batch_size,
+        request_timeout_s=settings.request_timeout_s,
+    )
 
 
 @dataclass

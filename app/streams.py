@@ -18,8 +18,7 @@ from app.engine import GenerationChunk, ModelEngine
 from app.metrics import Metrics
 from models.sampling import SamplingParams
 
-
-FinishReason = Literal["length", "stop"]
+FinishReason = Literal["length", "stop", "timeout", "abort"]
 
 
 @dataclass
@@ -134,7 +133,7 @@ class CompletionStreams:
         async for index, chunk in self.chunks():
             texts[index] += chunk.text
             if chunk.finish_reason is not None:
-                if chunk.finish_reason not in ("length", "stop"):
+                if chunk.finish_reason not in ("length", "stop", "timeout", "abort"):
                     raise RuntimeError(f"unknown finish reason {chunk.finish_reason!r}")
                 reason = cast(FinishReason, chunk.finish_reason)
                 done[index] = FinishedCompletion(texts[index], reason, chunk.num_chars, chunk.seed)

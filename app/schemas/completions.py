@@ -114,7 +114,7 @@ class CompletionChoice(BaseModel):
     text: str
     index: int
     logprobs: CompletionLogprobs | None = None
-    finish_reason: Literal["length", "stop"] | None
+    finish_reason: Literal["length", "stop", "timeout", "abort"] | None
 
 
 class CompletionUsage(BaseModel):

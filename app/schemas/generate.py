@@ -25,7 +25,7 @@ from app.schemas.common import (
 )
 from models.sampling import MAX_SEED, SamplingParams
 
-FinishReason = Literal["length", "stop"]
+FinishReason = Literal["length", "stop", "timeout", "abort"]
 
 
 def pick_seeds(seed: int | None, n: int) -> list[int]:
