@@ -56,7 +56,9 @@ def train_tiny_lstm(corpus: str, steps: int = 300, seed: int = 0) -> tuple[Any, 
         inputs = torch.cat([torch.full((batch, 1), BOS_ID), rows[:, :-1]], dim=1)  # (B, T+1)
         targets = torch.cat([rows[:, :1], rows[:, 1:]], dim=1)
         logits, _ = model(inputs, model.initial_state(batch))  # (B, T+1, V)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, len(vocab)), targets.reshape(-1))
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, len(vocab)), targets.reshape(-1)
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

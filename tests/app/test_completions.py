@@ -80,7 +80,9 @@ def test_prompt_list_and_n_give_prompt_major_choices(client: Any) -> None:
 def test_stop_as_a_string(client: Any) -> None:
     greedy = complete(client, prompt="alpha ", max_tokens=20, temperature=0)["choices"][0]["text"]
     stop = greedy[2:4]
-    choice = complete(client, prompt="alpha ", max_tokens=20, temperature=0, stop=stop)["choices"][0]
+    choice = complete(client, prompt="alpha ", max_tokens=20, temperature=0, stop=stop)["choices"][
+        0
+    ]
     assert choice["text"] == greedy[: greedy.index(stop)] and choice["finish_reason"] == "stop"
 
 

@@ -118,7 +118,9 @@ def test_ready_is_503_without_models(tmp_path: Path) -> None:
         assert empty.get("/v1/models").json() == {"object": "list", "data": []}
 
 
-def test_several_models_without_a_default_need_a_name(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_several_models_without_a_default_need_a_name(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
     for name in ("one", "two"):
         (tmp_path / f"{name}.safetensors").write_bytes(tiny_checkpoint.read_bytes())
     with TestClient(create_app(make_settings(tmp_path))) as two:
@@ -130,9 +132,14 @@ def test_several_models_without_a_default_need_a_name(tmp_path: Path, tiny_check
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=12,
 )
 fields = st.sampled_from(
