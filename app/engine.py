@@ -13,7 +13,8 @@ queued then raises ``RequestTimeoutError``; a completion already running ends wi
 
 Finish reasons of a completion: ``"length"`` (``max_chars`` reached), ``"stop"`` (a stop string
 was generated; it is not part of the text), ``"timeout"`` (see above) and ``"abort"`` (the engine
-stopped before the completion ended; the text is what was generated until then).
+stopped before the completion ended; the text is what was generated until then). A request
+still queued when the engine stops raises ``EngineClosedError``.
 """
 
 from __future__ import annotations
@@ -110,9 +111,10 @@ class ModelEngine:
         self._scheduler.start(self.name)
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
-        """Refuse new requests, let admitted ones finish for up to ``grace_seconds``, then end the
-        rest (completions with ``finish_reason == "abort"``, scoring with ``EngineClosedError``)
-        and stop the thread."""
+        """Refuse new requests, let admitted ones run for up to ``grace_seconds``, then end the
+        rest and stop the thread: running completions end with ``finish_reason == "abort"``,
+        requests that never started and scoring in progress raise ``EngineClosedError``.
+        Calling it again (or concurrently) is harmless."""
         self._scheduler.close()
         deadline = time.monotonic() + max(0.0, grace_seconds)
         while self._scheduler.busy() and time.monotonic() < deadline:

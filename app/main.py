@@ -23,6 +23,7 @@ from app.model_store import ModelStore
 from app.routers import completions, generate, health, models, playground, score
 from app.schemas.common import Limits, apply_limits_to_openapi
 from app.settings import Settings
+from app.shutdown import on_termination
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +48,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             f"{len(keys)} configured" if keys else "off",
         )
         await store.load()
+        # on SIGTERM, drain the engines at once so open streams end with a final event
+        restore_signals = on_termination(lambda: store.stop(settings.shutdown_grace_s))
         try:
             yield
         finally:
+            restore_signals()
             await store.stop(settings.shutdown_grace_s)
 
     app = FastAPI(

@@ -122,7 +122,8 @@ class Scheduler:
             self._closed = True
 
     def abort(self) -> None:
-        """End everything now: completions with ``"abort"``, scoring with ``EngineClosedError``."""
+        """End everything now: running completions with ``"abort"``, the rest with
+        ``EngineClosedError``."""
         with self._cond:
             self._closed, self._abort = True, True
             self._cond.notify()
@@ -192,9 +193,10 @@ class Scheduler:
                     self._round()
                 except Exception as exc:  # keep serving: fail what was running, not the thread
                     logger.exception("engine round failed")
-                    self._end_all(error=exc)
+                    self._end_running(error=exc)
                 self._publish()
-            self._end_all(error=EngineClosedError("the model is shutting down"))
+            self._end_running(error=None)
+            self._end_queued()
             self._publish(force=True)
 
     def _next_round(self) -> bool:
@@ -374,23 +376,44 @@ class Scheduler:
         self._urgent = False
         self._last_publish = now
 
-    def _end_all(self, error: BaseException) -> None:
-        """Abort every completion (finish ``"abort"``) and fail every scoring request."""
+    def _end_running(self, error: BaseException | None) -> None:
+        """End the work in progress: completions with ``"abort"`` (or ``error``, raised in their
+        stream), scoring requests with ``error``."""
         now = time.monotonic()
         with self._cond:
-            queued = list(self._generations)
-            self._generations.clear()
-            scorings = list(self._scorings)
-            self._scorings.clear()
             running = self._prompting + self._batch.rows
             self._prompting = []
             self._batch = DecodeBatch([])
-        for request in queued + running:
-            if not request.cancelled:
+        for request in running:
+            if request.cancelled:
+                continue
+            if error is None:
                 self._finish(request, "abort", now)
-        pending = scorings + [item[0] for group in self._score_groups for item in group]
+            else:
+                request.phase = Phase.DONE
+                if request.mailbox.put("", request.text.shown, error=error):
+                    self._wakes.setdefault(request.mailbox.loop, []).append(request.mailbox)
+        failed = error or EngineClosedError("the model is shutting down")
+        scorings = {id(item[0]): item[0] for group in self._score_groups for item in group}
         self._score_groups.clear()
-        for scoring in {id(s): s for s in pending}.values():
+        self._fail_scorings(list(scorings.values()), failed)
+
+    def _end_queued(self) -> None:
+        """Refuse what never started: the engine is closing (``EngineClosedError``)."""
+        with self._cond:
+            generations = list(self._generations)
+            self._generations.clear()
+            scorings = list(self._scorings)
+            self._scorings.clear()
+        closed = EngineClosedError("the model shut down before the request started")
+        for request in generations:
+            request.phase = Phase.DONE
+            if request.mailbox.put("", 0, error=closed):
+                self._wakes.setdefault(request.mailbox.loop, []).append(request.mailbox)
+        self._fail_scorings(scorings, closed)
+
+    def _fail_scorings(self, scorings: list[ScoreRequest], error: BaseException) -> None:
+        for scoring in scorings:
             scoring.phase = Phase.DONE
             with contextlib.suppress(RuntimeError):
                 scoring.loop.call_soon_threadsafe(_resolve, scoring, error)

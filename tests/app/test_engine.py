@@ -241,23 +241,31 @@ def test_request_timeout_while_queued_and_while_running() -> None:
     run(scenario, request_timeout_s=0.3)
 
 
-def test_stop_finishes_short_requests_and_aborts_long_ones() -> None:
+def test_stop_lets_requests_finish_in_the_grace_period_then_ends_the_rest() -> None:
     async def scenario() -> None:
-        engine = ModelEngine("test", make_checkpoint())
+        engine = ModelEngine("test", make_checkpoint(), max_batch_size=2)
         await engine.start()
-        long_stream = engine.generate("a", 10_000_000, SamplingParams(), 0)
-        await anext(long_stream)
+        long_a = engine.generate("a", 10_000_000, SamplingParams(), 0)
+        await anext(long_a)
         short = asyncio.create_task(complete(engine, "b", 30))
+        long_b = engine.generate("c", 10_000_000, SamplingParams(), 1)  # starts after ``short``
+        first_b = asyncio.create_task(anext(long_b))
+        never = asyncio.create_task(complete(engine, "d", 5))  # queued behind two long rows
         await asyncio.sleep(0.01)
         stopping = asyncio.create_task(engine.stop(grace_seconds=0.5))
         await asyncio.sleep(0.01)
         with pytest.raises(EngineClosedError):
-            await complete(engine, "c", 5)
+            await complete(engine, "e", 5)  # refused at once
         text, chunks = await short
         assert chunks[-1].finish_reason == "length" and len(text) == 30
-        rest = [c async for c in long_stream]
-        assert rest[-1].finish_reason == "abort"
+        assert (await first_b).text
+        for stream in (long_a, long_b):
+            rest = [c async for c in stream]
+            assert rest[-1].finish_reason == "abort" and rest[-1].num_chars > 0
+        with pytest.raises(EngineClosedError):
+            await never
         await stopping
+        await engine.stop(grace_seconds=0)  # again: harmless
         assert engine.stats()["rejected_closed"] == 1
 
     asyncio.run(scenario())
