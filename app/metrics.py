@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from app.engine_metrics import EngineMetricsCollector
+
 logger = logging.getLogger(__name__)
 
 # request latencies span a health check (~1 ms) to a long generation (minutes)
@@ -91,8 +93,10 @@ class Metrics:
         )
 
     def watch_engines(self, source: Callable[[], Mapping[str, Any]]) -> None:
-        """Export ``stats()`` of the engines that ``source()`` returns (model id -> engine)."""
+        """Export ``stats()`` of the engines that ``source()`` returns (model id -> engine), and
+        their latency histograms and rejections (``app.engine_metrics``)."""
         self.registry.register(EngineStatsCollector(source))
+        self.registry.register(EngineMetricsCollector(source))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

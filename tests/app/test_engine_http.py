@@ -64,6 +64,13 @@ def test_queue_full_gives_429_and_sigterm_ends_open_stream_with_final_event(
             assert refused.status_code == 429
             assert int(refused.headers["Retry-After"]) >= 1
             assert refused.json()["error"]["code"] == "queue_full"
+            metrics = (await client.get("/metrics")).text
+            assert (
+                'charlm_engine_rejected_requests_total{model="tiny",reason="queue_full"} 1.0'
+                in (metrics)
+            )
+            assert 'charlm_engine_time_to_first_char_seconds_count{model="tiny"} 1.0' in metrics
+            assert 'charlm_engine_running_rows{model="tiny"} 1.0' in metrics
 
             server.process.send_signal(signal.SIGTERM)
             sent = time.monotonic()
