@@ -17,8 +17,10 @@
 ARG WHEELS_IMAGE=scratch
 FROM ${WHEELS_IMAGE} AS wheels
 
-# ---- build: a virtual environment holding torch, the dependencies and charlm itself ----------
-FROM python:3.11-slim AS build
+# ---- deps: a virtual environment with torch and the project's dependencies -------------------
+# Everything here depends only on pyproject.toml, so edits to the code leave these layers (and
+# the ~1 GB copy of the environment into the final image) cached.
+FROM python:3.11-slim AS deps
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -29,10 +31,9 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 RUN python -m venv /opt/venv
 
-# torch first and alone, so the layer survives edits to the project. The wheelhouse is tried
-# with --no-index (pip picks the wheel that fits this Python and platform); without one, the
-# CPU index. The second call adds torch's own dependencies from the default index and leaves
-# the installed torch in place.
+# torch first and alone. The wheelhouse is tried with --no-index (pip picks the wheel that fits
+# this Python and platform); without one, the CPU index. The second call adds torch's own
+# dependencies from the default index and leaves the installed torch in place.
 # hadolint ignore=DL3042
 RUN --mount=type=bind,from=wheels,target=/wheels \
     --mount=type=cache,target=/root/.cache/pip \
@@ -45,17 +46,14 @@ RUN --mount=type=bind,from=wheels,target=/wheels \
     && pip install "torch==${TORCH_VERSION}" \
     && python -c "import torch; assert torch.version.cuda is None, 'expected a CPU-only torch build'"
 
-# The project without its development extras. Only the files named in .dockerignore's allow
-# list reach the build context.
+# The runtime dependencies as pyproject.toml lists them (no development extras).
 WORKDIR /src
-COPY pyproject.toml README* ./
-COPY models ./models
-COPY training ./training
-COPY app ./app
+COPY pyproject.toml ./
 # hadolint ignore=DL3042
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install . \
-    && pip check
+    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
 
 # What torch ships for building C++ extensions and testing itself (~200 MB): headers, C++ test
 # binaries and protoc. Nothing here compiles extensions (the image has no compiler) and the
@@ -63,7 +61,17 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 RUN site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
     && rm -rf "$site/torch/include" "$site/torch/test" \
     && find "$site/torch/bin" -mindepth 1 -maxdepth 1 ! -name torch_shm_manager -exec rm -rf {} + \
-    && python -c "import torch, models, training, app; assert float(torch.ones(3) @ torch.ones(3)) == 3.0"
+    && python -c "import torch; assert float(torch.ones(3) @ torch.ones(3)) == 3.0"
+
+# ---- wheel: the project itself, built from the files .dockerignore lets through --------------
+FROM deps AS wheel
+COPY pyproject.toml README* ./
+COPY models ./models
+COPY training ./training
+COPY app ./app
+# hadolint ignore=DL3042
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip wheel --no-deps --wheel-dir /dist .
 
 # ---- runtime: the virtual environment on a clean base, no build files, no compilers ----------
 FROM python:3.11-slim
@@ -80,13 +88,17 @@ RUN groupadd --system --gid 10001 charlm \
     && mkdir -p /models \
     && chown charlm:charlm /models
 
-COPY --from=build /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+RUN --mount=type=bind,from=wheel,source=/dist,target=/dist \
+    pip install --no-cache-dir --no-deps --no-index /dist/charlm-*.whl \
+    && pip check \
+    && python -c "import models, training, app.main"
 
 # The server reads everything from CHARLM_* variables; these are the container's defaults.
 # With a read-only root filesystem only /tmp needs to be writable (a tmpfs): Python's bytecode
 # is compiled at install time and matplotlib's and other caches are pointed there.
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
+ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     XDG_CACHE_HOME=/tmp/.cache \
     MPLCONFIGDIR=/tmp/matplotlib \
