@@ -134,11 +134,14 @@ python3 tests/deploy/check_stack.py --url "$URL" --model ci-host \
 phase_end "requests"
 
 # ---- 6. non-root, read-only ------------------------------------------------------------------
-# every process in the server container, the init process included: "uid command" lines
+# every process in the server container but this probe, the init process included:
+# "effective-uid command" lines
 container_processes() {
   dc exec -T server python -c '
 import os
 for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) == os.getpid():
+        continue
     try:
         uid = open(f"/proc/{pid}/status").read().split("Uid:")[1].split()[1]
         cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode().strip()
@@ -155,7 +158,7 @@ check_processes() {  # expected number of uvicorn worker processes (1: the serve
   printf '%s\n' "$procs" | grep -q 'charlm-serve' || fail "no charlm-serve process in the container"
   printf '%s\n' "$procs" | awk '$1 == 0 { bad = 1 } END { exit bad }' || fail "a process runs as root"
   if [ "$1" -gt 1 ]; then
-    workers=$(printf '%s\n' "$procs" | grep -c 'multiprocessing' || true)
+    workers=$(printf '%s\n' "$procs" | grep -c 'multiprocessing.spawn' || true)
     [ "$workers" -ge "$1" ] || fail "expected $1 worker processes, found $workers"
   fi
 }
