@@ -23,6 +23,7 @@ from app.settings import Settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 _SECRET_FIELDS = {"api_keys"}
+WORKER_STARTUP_S = 120
 
 
 def _flag(name: str) -> str:
@@ -98,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_config=log_config,
         access_log=False,  # the app logs each request itself, with its request id
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+        # a worker imports torch before it can answer the supervisor's health pings
+        timeout_worker_healthcheck=WORKER_STARTUP_S,
     )
     return 0
 
