@@ -1,0 +1,1 @@
+"""Reproducible experiments: each module runs with ``python -m training.experiments.<name>``."""
