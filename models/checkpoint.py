@@ -94,6 +94,14 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if not os.access(path, os.R_OK):
+        # safetensors reports this as "No such file or directory"; name the real cause, which
+        # is common when a server runs as another user than the one that wrote the file
+        info = path.stat()
+        raise CheckpointError(
+            f"{path}: permission denied (mode {info.st_mode & 0o777:o}, owner uid {info.st_uid},"
+            f" this process runs as uid {os.geteuid()}); make it readable, e.g. chmod a+r"
+        )
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}

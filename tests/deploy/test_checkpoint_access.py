@@ -49,27 +49,34 @@ def _write_checkpoint(path: Path, umask: int = 0o022) -> None:
         os.umask(old)
 
 
-def _read_as(uid: int, path: Path) -> int:
-    """Exit status of a child that drops to ``uid`` and reads the checkpoint's metadata.
+def _read_as(uid: int, path: Path) -> tuple[int, str]:
+    """A child drops to ``uid`` and reads the checkpoint's metadata: (status, its error message).
 
-    0: read and recognised; 1: refused (CheckpointError / PermissionError); 2: anything else.
+    Status 0: read and recognised; 1: CheckpointError; 2: anything else.
     """
+    read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: no return from here, only os._exit
-        code = 2
+        code, message = 2, ""
         try:
+            os.close(read_end)
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
-            path.read_bytes()
             read_metadata(path)
             code = 0
-        except (PermissionError, CheckpointError):
-            code = 1
+        except CheckpointError as exc:
+            code, message = 1, str(exc)
+        except BaseException as exc:
+            message = repr(exc)
         finally:
+            os.write(write_end, message.encode()[:4000])
             os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode()
     _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    return os.waitstatus_to_exitcode(status), message
 
 
 def test_checkpoint_is_world_readable_under_the_usual_umask(shared_dir: Path) -> None:
@@ -89,7 +96,7 @@ def test_checkpoint_respects_a_stricter_umask(shared_dir: Path) -> None:
 @needs_root
 def test_container_user_reads_a_host_checkpoint(shared_dir: Path) -> None:
     _write_checkpoint(shared_dir / "m.safetensors")
-    assert _read_as(CONTAINER_UID, shared_dir / "m.safetensors") == 0
+    assert _read_as(CONTAINER_UID, shared_dir / "m.safetensors") == (0, "")
 
 
 @needs_root
@@ -97,4 +104,7 @@ def test_container_user_is_refused_a_private_file(shared_dir: Path) -> None:
     # the failure the umask-based mode prevents: mkstemp's 0600 file, owned by root
     _write_checkpoint(shared_dir / "m.safetensors")
     (shared_dir / "m.safetensors").chmod(0o600)
-    assert _read_as(CONTAINER_UID, shared_dir / "m.safetensors") == 1
+    status, message = _read_as(CONTAINER_UID, shared_dir / "m.safetensors")
+    assert status == 1
+    # the reason names the cause and the remedy, not safetensors' "No such file or directory"
+    assert "permission denied" in message and "mode 600" in message and "chmod a+r" in message
