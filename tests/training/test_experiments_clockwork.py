@@ -4,6 +4,7 @@ import torch
 
 from models.clockwork import ClockworkCell
 from training.experiments.clockwork import (
+    LSTM,
     STEPS,
     ClockworkRNN,
     build_models,
@@ -44,6 +45,12 @@ def test_replicated_clockwork_matches_the_model_cell() -> None:
         states, _, _ = cell(None, torch.zeros(1, 6), torch.zeros(1, dtype=torch.long), length=20)
         expected = states[0] @ net.out_weight[0] + net.out_bias[0]
         torch.testing.assert_close(net(20)[0], expected)
+
+
+def test_fused_lstm_matches_the_step_by_step_equations() -> None:
+    net = LSTM(4, seeds=[0, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(net(30), net.reference_forward(30))
 
 
 def test_training_lowers_the_error() -> None:
