@@ -42,12 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         env = "CHARLM_" + name.upper()
         default = field.get_default(call_default_factory=True)
+        shown = "unset" if default in (None, []) else str(default)
         parser.add_argument(
             _flag(name),
             dest=name,
             default=None,
             metavar=name.upper(),
-            help=f"{field.description or name} (env {env}; default {default!r})",
+            help=f"{field.description or name} (env {env}; default: {shown})",
         )
     return parser
 

@@ -26,15 +26,21 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHARLM_", extra="forbid", frozen=True)
 
     # where checkpoints live: every *.safetensors file is a model, its stem the model id
-    models_dir: Path = Path("checkpoints")
+    models_dir: Path = Field(
+        default=Path("checkpoints"), description="folder of *.safetensors checkpoints"
+    )
     default_model: str | None = Field(
         default=None,
         description="model used when a request names none (unset: the only model, if one)",
     )
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8000, ge=0, le=65535, description="port to listen on")
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
-    log_level: str = Field(default="info", pattern="^(critical|error|warning|info|debug)$")
+    log_level: str = Field(
+        default="info",
+        pattern="^(critical|error|warning|info|debug)$",
+        description="critical, error, warning, info or debug",
+    )
     device: str = Field(default="cpu", description="torch device the models run on")
 
     # limits

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.app.conftest import LiveServer, start_server, stop_server
+from tests.app.conftest import REPO, LiveServer, start_server, stop_server
 
 
 def openai_client(server: LiveServer, key: str = "unused") -> openai.OpenAI:
@@ -156,3 +158,15 @@ def test_api_key_and_workers_from_the_environment(models_dir: Path, tmp_path: Pa
             time.sleep(0.1)
     finally:
         stop_server(server)
+
+
+def test_charlm_serve_rejects_bad_settings(models_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "--models-dir", str(models_dir), "--max-queue", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "invalid settings" in result.stderr and "max_queue" in result.stderr
