@@ -163,7 +163,9 @@ class ModelEngine:
         """
         if not self.can_generate:
             raise CannotGenerateError(
-                f"model {self.name!r} ({self.checkpoint.config.arch}) cannot generate text"
+                f"model {self.name!r} ({self.checkpoint.config.arch}) cannot generate text:"
+                " it predicts each character from both sides, so it has no left-to-right"
+                " distribution to sample; use it with /v1/infill or /v1/score (mode 'pll')"
             )
         generator, used_seed = make_generator(seed)
         if max_chars < 1:

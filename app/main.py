@@ -20,7 +20,7 @@ from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.model_store import ModelStore
-from app.routers import completions, generate, health, models, playground, score
+from app.routers import completions, generate, health, infill, models, playground, score
 from app.schemas.common import Limits, apply_limits_to_openapi
 from app.settings import Settings
 from app.shutdown import on_termination
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     secured = [Depends(require_api_key)]
     app.include_router(health.router)
     app.include_router(playground.router)
-    for router in (models.router, score.router, generate.router, completions.router):
+    for router in (models.router, score.router, generate.router, completions.router, infill.router):
         app.include_router(router, dependencies=secured)
 
     # middleware: the last added runs first (request ids wrap everything)

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 
 from app.deps import ServicesDep
-from app.errors import ErrorResponse
-from app.schemas.score import ScoreRequest, ScoreResponse, ScoreUsage, TextScoreResult
+from app.errors import APIError, ErrorResponse
+from app.schemas.score import (
+    ScoreMode,
+    ScoreRequest,
+    ScoreResponse,
+    ScoreUsage,
+    TextScoreResult,
+)
+from models.base import CharLM
+from models.infill import pll_score_texts
 
 router = APIRouter(prefix="/v1", tags=["score"])
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 429, 503)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}
 
 
 @router.post("/score", responses=_ERRORS)  # type: ignore[arg-type]
@@ -19,8 +29,19 @@ async def score(request: ScoreRequest, services: ServicesDep) -> ScoreResponse:
     request.check_limits(services.limits)
     entry = services.store.resolve(request.model)
     assert entry.engine is not None and entry.checkpoint is not None
-    scores = await entry.engine.score(request.texts, request.context, request.top_k)
     vocab = entry.checkpoint.vocab
+    mode = score_mode(request.mode, entry.id, entry.checkpoint.model)
+    if mode == "pll":  # off the event loop; eval-mode inference is thread-safe
+        scores = await asyncio.to_thread(
+            pll_score_texts,
+            entry.checkpoint.model,
+            vocab,
+            request.texts,
+            request.context,
+            request.top_k,
+        )
+    else:
+        scores = await entry.engine.score(request.texts, request.context, request.top_k)
     results = [
         TextScoreResult.build(text, s, request.per_char, vocab)
         for text, s in zip(request.texts, scores, strict=True)
@@ -28,4 +49,27 @@ async def score(request: ScoreRequest, services: ServicesDep) -> ScoreResponse:
     chars = sum(r.num_chars for r in results)
     services.metrics.chars_scored.labels(entry.id).inc(chars)
     usage = ScoreUsage(chars_scored=chars, context_chars=len(request.context))
-    return ScoreResponse(model=entry.id, results=results, usage=usage)
+    return ScoreResponse(model=entry.id, mode=mode, results=results, usage=usage)
+
+
+def score_mode(requested: ScoreMode | None, model_id: str, model: CharLM) -> ScoreMode:
+    """The requested mode, or the model's own; 400 when the model cannot score that way."""
+    if requested is None:
+        return "causal" if model.can_generate else "pll"
+    if requested == "pll" and model.can_generate:
+        raise APIError(
+            400,
+            f"mode 'pll' needs a bidirectional model; {model_id!r} ({model.config.arch})"
+            " reads left to right: use mode 'causal'",
+            param="mode",
+            code="not_bidirectional",
+        )
+    if requested == "causal" and not model.can_generate:
+        raise APIError(
+            400,
+            f"model {model_id!r} ({model.config.arch}) is bidirectional: it predicts each"
+            " character from both sides and has no left-to-right probability; use mode 'pll'",
+            param="mode",
+            code="bidirectional_model",
+        )
+    return requested

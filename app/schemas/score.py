@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -19,6 +19,8 @@ from app.schemas.common import (
 )
 from models.scoring import TextScore
 from models.vocab import CharVocab
+
+ScoreMode = Literal["causal", "pll"]
 
 # exp() overflows a float64 above this; perplexities beyond it are reported as this bound
 _MAX_LOG_PERPLEXITY = 709.0
@@ -42,6 +44,11 @@ class ScoreRequest(StrictModel):
     per_char: bool = Field(default=False, description="return a logprob for every character")
     top_k: int = Field(
         default=0, ge=0, le=MAX_SCORE_TOP_K, description="with per_char: the k likeliest characters"
+    )
+    mode: ScoreMode | None = Field(
+        default=None,
+        description="'causal': left-to-right probability; 'pll': pseudo-log-likelihood, each"
+        " character given both sides (bidirectional models only). Default: the model's own",
     )
 
     @model_validator(mode="after")
@@ -115,5 +122,6 @@ class ScoreUsage(BaseModel):
 
 class ScoreResponse(BaseModel):
     model: str
+    mode: ScoreMode = Field(default="causal", description="how the texts were scored")
     results: list[TextScoreResult] = Field(description="one per text, in order")
     usage: ScoreUsage
