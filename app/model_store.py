@@ -138,9 +138,10 @@ class ModelStore:
         entry = self.entries.get(model_id)
         if entry is None:
             choices = ", ".join(self.ready_ids()) or "none"
+            shown = model_id if len(model_id) <= 80 else model_id[:80] + "..."
             raise APIError(
                 404,
-                f"model {model_id!r} does not exist (available: {choices})",
+                f"model {shown!r} does not exist (available: {choices})",
                 param="model",
                 code="model_not_found",
             )

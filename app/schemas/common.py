@@ -27,6 +27,9 @@ MAX_LOGPROBS = 5  # alternatives per character in /v1/completions (OpenAI's limi
 MAX_TEMPERATURE = 10.0
 MAX_SAMPLING_TOP_K = 100_000
 MAX_REQUEST_SEED = MAX_SEED - MAX_N  # completion i uses seed + i
+# per-character output (a logprob and its alternatives per character) of one response, at most:
+# about 50 bytes of JSON each, so responses stay in the tens of megabytes
+MAX_PER_CHAR_ENTRIES = 250_000
 
 TEXT_LIMIT: JsonDict = {"x-charlm-limit": "max_text_chars"}
 NEW_CHARS_LIMIT: JsonDict = {"x-charlm-limit": "max_new_chars"}
@@ -81,6 +84,19 @@ def check_new_chars(value: int, param: str, limits: Limits) -> None:
             " characters per completion (CHARLM_MAX_NEW_CHARS)",
             param,
             "max_new_chars_exceeded",
+        )
+
+
+def check_per_char_entries(chars: int, alternatives: int, param: str) -> None:
+    """413 when ``chars`` characters with ``alternatives`` each would make too large a reply."""
+    entries = chars * (1 + alternatives)
+    if entries > MAX_PER_CHAR_ENTRIES:
+        raise too_large(
+            f"per-character output of {chars} characters with {alternatives} alternatives each"
+            f" is {entries} entries; a request may ask for at most {MAX_PER_CHAR_ENTRIES}"
+            " (score fewer characters or ask for fewer alternatives)",
+            param,
+            "per_char_output_too_large",
         )
 
 

@@ -22,6 +22,7 @@ from app.schemas.common import (
     StrictModel,
     Text,
     check_new_chars,
+    check_per_char_entries,
     check_text,
 )
 from app.schemas.generate import pick_seeds
@@ -99,6 +100,11 @@ class CompletionRequest(StrictModel):
         for i, prompt in enumerate(prompts):
             check_text(prompt, "prompt" if len(prompts) == 1 else f"prompt.{i}", limits)
         check_new_chars(self.max_new_chars(), "max_tokens", limits)
+        if self.logprobs is not None:
+            # the most characters the choices can hold, each with its logprob and alternatives
+            echoed = sum(len(p) for p in prompts) if self.echo else 0
+            chars = (echoed + len(prompts) * self.max_new_chars()) * self.n
+            check_per_char_entries(chars, self.logprobs, "logprobs")
 
 
 class CompletionLogprobs(BaseModel):

@@ -15,6 +15,7 @@ from app.schemas.common import (
     ModelId,
     StrictModel,
     Text,
+    check_per_char_entries,
     check_text,
 )
 from models.scoring import TextScore
@@ -61,6 +62,9 @@ class ScoreRequest(StrictModel):
         for i, text in enumerate(self.texts):
             check_text(text, f"texts.{i}", limits)
         check_text(self.context, "context", limits)
+        if self.per_char:
+            chars = sum(len(text) for text in self.texts)
+            check_per_char_entries(chars, self.top_k, "per_char")
 
 
 class TopChar(BaseModel):

@@ -162,3 +162,21 @@ def test_arbitrary_json_never_gives_a_500(client: Any, path: str) -> None:
             assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
     check()
+
+
+def test_per_char_output_is_bounded(client: Any) -> None:
+    text = "a" * 50_000
+    error = assert_error(
+        client.post("/v1/score", json={"texts": [text] * 2, "per_char": True, "top_k": 2}), 413
+    )
+    assert error["code"] == "per_char_output_too_large" and "300000 entries" in error["message"]
+    # the same texts without per-character output are fine
+    assert client.post("/v1/score", json={"texts": [text] * 2}).status_code == 200
+    body = {"prompt": "a" * 5000, "echo": True, "logprobs": 5, "max_tokens": 100, "n": 16}
+    error = assert_error(client.post("/v1/completions", json=body), 413)
+    assert error["param"] == "logprobs"
+
+
+def test_long_model_ids_are_not_echoed_whole(client: Any) -> None:
+    error = assert_error(client.get("/v1/models/" + "x" * 3000), 404, "model_not_found")
+    assert len(error["message"]) < 200
