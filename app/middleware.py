@@ -14,7 +14,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_response
+from app.errors import SERVER, error_response
 from app.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -58,10 +58,12 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         start = time.perf_counter()
         status = 500
+        started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
+                started = True
                 status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
@@ -70,6 +72,15 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # a bug, not a client error: log it with the request id and answer in the one shape
+            logger.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            response = error_response(
+                500, "internal server error", type=SERVER, code="internal_error"
+            )
+            await response(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "unmatched"

@@ -180,3 +180,17 @@ def test_per_char_output_is_bounded(client: Any) -> None:
 def test_long_model_ids_are_not_echoed_whole(client: Any) -> None:
     error = assert_error(client.get("/v1/models/" + "x" * 3000), 404, "model_not_found")
     assert len(error["message"]) < 200
+
+
+def test_a_bug_is_a_500_in_the_error_shape_with_the_request_id(models_dir: Path) -> None:
+    app = create_app(make_settings(models_dir))
+
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/boom", boom)
+    with TestClient(app, raise_server_exceptions=False) as buggy:
+        response = buggy.get("/boom", headers={"X-Request-ID": "bug-1"})
+    error = assert_error(response, 500, "internal_error")
+    assert error["type"] == "server_error" and "a bug" not in error["message"]
+    assert response.headers["x-request-id"] == "bug-1"
