@@ -238,6 +238,7 @@ class ModelEngine:
                 "chars_scored": c.chars_scored,
                 "completions": sum(c.finished.values()),
                 "scored_requests": c.scored_requests,
+                "score_forwards": c.score_forwards,
             }
             for reason in ("queue_full", "closed", "timeout"):
                 stats[f"rejected_{reason}"] = c.rejected[reason]

@@ -4,8 +4,9 @@ Each round of the worker loop:
 
 1. admits queued completions while the batch has free rows (``max_batch_size`` counts rows reading
    their prompt and rows generating);
-2. runs one scoring group, if any (requests gathered for up to ``score_gather_s``, grouped by
-   length, one padded forward per group: see ``models.scoring.score_id_sequences``);
+2. runs one scoring group, if any: the requests that arrived while the worker was busy (and,
+   when they come in crowds, for up to ``score_gather_s`` more), grouped by length, one padded
+   forward per group (``models.scoring.score_id_sequences``);
 3. advances the rows still reading their prompt by up to ``prompt_chunk`` ids, in one staircase
    forward (``app.batching.advance_prompts``); rows that finish join the decode batch;
 4. runs one decode step: every row draws its next character with its own settings and generator,
@@ -106,6 +107,7 @@ class Scheduler:
         self._wakes: dict[asyncio.AbstractEventLoop, list[Mailbox]] = {}
         self._urgent = False
         self._last_publish = 0.0
+        self._last_scoring_round = 0  # requests taken by the last scoring round
 
     # ------------------------------------------------------------------ event-loop side
     def start(self, name: str) -> None:
@@ -214,9 +216,11 @@ class Scheduler:
                     free -= 1
                 busy = bool(self._batch.rows or self._prompting or self._score_groups)
                 if self._scorings:
+                    # gather only while scoring requests come in crowds: alone, one is not delayed
                     texts = sum(len(r.texts) for r in self._scorings)
                     wait = self._scorings[0].admitted_at + self.score_gather_s - now
-                    if busy or wait <= 0 or texts >= self.max_batch_size:
+                    crowd = self._last_scoring_round > 1
+                    if busy or wait <= 0 or texts >= self.max_batch_size or not crowd:
                         self._take_scorings()
                         return True
                     self._cond.wait(wait)
@@ -229,6 +233,7 @@ class Scheduler:
     def _take_scorings(self) -> None:
         """Encode every queued scoring request and plan its texts into length groups."""
         by_top_k: dict[int, list[ScoreItem]] = {}
+        self._last_scoring_round = len(self._scorings)
         while self._scorings:
             request = self._scorings.popleft()
             request.phase = Phase.RUNNING
@@ -279,6 +284,7 @@ class Scheduler:
         now = time.monotonic()
         with self.counters.lock:
             self.counters.chars_scored += sum(len(ids) for _, _, ids, _ in live)
+            self.counters.score_forwards += 1
             self.counters.scored_requests += len(done)
             for request in done:
                 self.counters.request_done(now - request.admitted_at)

@@ -288,7 +288,11 @@ def test_scoring_batched_equals_alone() -> None:
     async def scenario(engine: ModelEngine) -> list[Any]:
         requests = [engine.score([t], context="ab ", top_k=3) for t in texts]
         requests.append(engine.score(texts, context="", top_k=0))
-        return await asyncio.gather(*requests)
+        results = await asyncio.gather(*requests)
+        stats = engine.stats()
+        assert stats["scored_requests"] == len(texts) + 1
+        assert stats["score_forwards"] < len(texts)  # 2 x 8 texts shared forwards
+        return results
 
     results = run(scenario, ckpt, score_gather_s=0.02)
     with torch.inference_mode():

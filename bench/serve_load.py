@@ -1,0 +1,196 @@
+"""Load generators for ``bench.serve``: closed-loop async httpx clients and their statistics.
+
+Each level runs ``concurrency`` workers; a worker sends its next request when the previous one has
+finished. Times are taken on the client: time to first character (TTFC) is from sending the
+request to the first event that carries text; time per output character (TPOC) is, streamed, the
+time from the first to the last character divided by the characters after the first, and, not
+streamed, the whole latency divided by the characters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class LevelResult:
+    mode: str  # "generate", "stream" or "score"
+    concurrency: int
+    seconds: float = 0.0
+    chars: int = 0
+    ok: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    ttfc: list[float] = field(default_factory=list)
+    tpoc: list[float] = field(default_factory=list)
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    @property
+    def chars_per_s(self) -> float:
+        return self.chars / self.seconds if self.seconds else 0.0
+
+    def errors(self) -> str:
+        bad = {s: n for s, n in sorted(self.statuses.items()) if s != 200}
+        return ", ".join(f"{s}: {n}" for s, n in bad.items()) or "none"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by the nearest-rank rule; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def make_client(base_url: str, connections: int = 1024) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=600)
+
+
+async def _one_generation(
+    client: httpx.AsyncClient, body: dict[str, Any], result: LevelResult
+) -> None:
+    start = time.perf_counter()
+    if not body.get("stream"):
+        response = await client.post("/v1/generate", json=body)
+        latency = time.perf_counter() - start
+        result.statuses[response.status_code] += 1
+        if response.status_code != 200:
+            return
+        chars = sum(c["num_chars"] for c in response.json()["completions"])
+        result.ok += 1
+        result.chars += chars
+        result.latencies.append(latency)
+        if chars:
+            result.tpoc.append(latency / chars)
+        return
+    first_at = last_at = 0.0
+    first_chars = chars = 0
+    async with client.stream("POST", "/v1/generate", json=body) as response:
+        result.statuses[response.status_code] += 1
+        if response.status_code != 200:
+            await response.aread()
+            return
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                result.statuses[599] += 1  # an error inside a 200 stream
+                return
+            text = event.get("text", "")
+            if text:
+                now = time.perf_counter()
+                if not chars:
+                    first_at, first_chars = now, len(text)
+                last_at = now
+                chars += len(text)
+    latency = time.perf_counter() - start
+    result.ok += 1
+    result.chars += chars
+    result.latencies.append(latency)
+    if chars:
+        result.ttfc.append(first_at - start)
+    if chars > first_chars:
+        result.tpoc.append((last_at - first_at) / (chars - first_chars))
+
+
+async def generation_level(
+    client: httpx.AsyncClient,
+    model: str,
+    concurrency: int,
+    per_worker: int,
+    max_chars: int,
+    stream: bool,
+    prompt: str = "The ",
+) -> LevelResult:
+    """``concurrency`` workers, ``per_worker`` completions each, distinct seeds."""
+    result = LevelResult("stream" if stream else "generate", concurrency)
+
+    async def worker(w: int) -> None:
+        for i in range(per_worker):
+            body = {
+                "model": model,
+                "prompt": prompt,
+                "max_chars": max_chars,
+                "temperature": 1.0,
+                "seed": w * 1000 + i,
+                "stream": stream,
+            }
+            await _one_generation(client, body, result)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+async def score_level(
+    client: httpx.AsyncClient, model: str, concurrency: int, per_worker: int, texts: list[str]
+) -> LevelResult:
+    """``concurrency`` workers each scoring ``per_worker`` single texts (picked in turn)."""
+    result = LevelResult("score", concurrency)
+
+    async def worker(w: int) -> None:
+        for i in range(per_worker):
+            text = texts[(w * per_worker + i) % len(texts)]
+            start = time.perf_counter()
+            response = await client.post("/v1/score", json={"model": model, "texts": [text]})
+            result.statuses[response.status_code] += 1
+            if response.status_code == 200:
+                result.ok += 1
+                result.chars += response.json()["results"][0]["num_chars"]
+                result.latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+@dataclass
+class BurstResult:
+    sent: int
+    statuses: Counter[int]
+    rejected_latencies: list[float]
+    retry_after: set[str]
+    seconds: float
+
+
+async def burst(
+    client: httpx.AsyncClient, model: str, requests: int, max_chars: int
+) -> BurstResult:
+    """``requests`` generation requests at once; the time of each 429 reply is kept."""
+    statuses: Counter[int] = Counter()
+    rejected: list[float] = []
+    retry_after: set[str] = set()
+
+    async def one(i: int) -> None:
+        body = {"model": model, "prompt": "The ", "max_chars": max_chars, "seed": i}
+        start = time.perf_counter()
+        response = await client.post("/v1/generate", json=body)
+        statuses[response.status_code] += 1
+        if response.status_code == 429:
+            rejected.append(time.perf_counter() - start)
+            retry_after.add(response.headers.get("Retry-After", "missing"))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(requests)))
+    return BurstResult(requests, statuses, rejected, retry_after, time.perf_counter() - start)
+
+
+async def open_connections(client: httpx.AsyncClient, count: int) -> None:
+    """Open ``count`` keep-alive connections (cheap requests at once), so later timings measure
+    request handling rather than TCP handshakes."""
+    await asyncio.gather(*(client.get("/health") for _ in range(count)))
