@@ -1,0 +1,4 @@
+"""charlm training: corpus preparation, the truncated-BPTT loop, checkpoints and the CLIs.
+
+Imports ``models``; never imported by it or by ``app``.
+"""

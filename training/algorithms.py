@@ -1,0 +1,65 @@
+"""Training algorithms: how one chunk of every stream updates the model.
+
+The loop owns data, schedule, evaluation and checkpoints; an algorithm owns one update. To add
+one, write a class with the ``TrainStep`` signature and list it in ``ALGORITHMS``; the CLI's
+``--algorithm`` choices come from that table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.base import State, detach_state
+
+
+class TrainStep(Protocol):
+    """One update from ``inputs``/``targets`` (B, T); returns the mean loss and the new state."""
+
+    def __call__(self, inputs: Tensor, targets: Tensor, state: State) -> tuple[Tensor, State]: ...
+
+
+class TruncatedBPTT:
+    """Truncated backpropagation through time (Williams & Peng 1990; char-rnn's loop).
+
+    The state arrives detached from the previous chunk, so gradients flow through ``T`` steps
+    while the forward pass still carries context from the whole stream.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        grad_clip: float,
+        device: torch.device,
+    ) -> None:
+        self.module = module  # the model, or its DistributedDataParallel wrapper
+        self.optimizer = optimizer
+        self.grad_clip = grad_clip
+        self.device = device
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def __call__(self, inputs: Tensor, targets: Tensor, state: State) -> tuple[Tensor, State]:
+        with self._autocast():
+            logits, new_state = self.module(inputs, state)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return loss.detach(), detach_state(new_state)
+
+
+#: name -> factory(module, optimizer, grad_clip, device)
+ALGORITHMS: dict[str, Callable[[nn.Module, torch.optim.Optimizer, float, torch.device], TrainStep]]
+ALGORITHMS = {"bptt": TruncatedBPTT}

@@ -1,0 +1,316 @@
+"""``charlm-train``, ``charlm-eval`` and ``charlm-sample``: flags in, config and loop calls out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.checkpoint import CheckpointError, load_checkpoint
+from models.registry import available_architectures
+from models.sampling import SamplingParams, generate, make_generator
+from training import distributed
+from training.algorithms import ALGORITHMS
+from training.batches import StreamError
+from training.config import OPTIMIZERS, PRESETS, TrainConfig, config_from_preset
+from training.data import CorpusError, load_corpus, read_text_file, resolve_files
+from training.evaluate import evaluate_docs
+from training.loop import Trainer
+from training.report import ProgressReporter, Reporter
+from training.resume import ResumeError, load_resume, resume_path
+
+# flags that may change when a run is resumed (budgets and reporting); the rest must match
+_RESUMABLE = {
+    "max_steps",
+    "max_time",
+    "patience",
+    "eval_interval",
+    "log_interval",
+    "sample_chars",
+    "eval_max_chars",
+    "device",
+}
+_DATA_FLAGS = {"data", "val_data", "cache_dir", "out", "resume"}
+
+
+def _arch_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value  # a bare word is a string
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="charlm-train",
+        description="Train a character-level language model on UTF-8 text.",
+        argument_default=argparse.SUPPRESS,  # only flags given explicitly override the preset
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--data", nargs="+", required=True, help="training files, folders or globs")
+    g.add_argument("--val-data", nargs="+", help="validation files (default: the end of --data)")
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        help="fraction of the text, from its END, held out for validation (0.1)",
+    )
+    g.add_argument(
+        "--min-char-count",
+        type=int,
+        help="characters seen fewer times in training become <unk> (2)",
+    )
+    g.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where encoded corpora are cached (default $CHARLM_CACHE_DIR or ~/.cache/charlm)",
+    )
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="named size and hyper-parameters (small); explicit flags override its values",
+    )
+    g.add_argument("--arch", choices=available_architectures(), help="architecture (lstm)")
+    g.add_argument(
+        "--arch-option",
+        type=_arch_option,
+        action="append",
+        metavar="KEY=VALUE",
+        help="architecture-specific option, value parsed as JSON (repeatable)",
+    )
+    g.add_argument("--embed-size", type=int, help="embedding width")
+    g.add_argument("--hidden-size", type=int, help="recurrent state width per layer")
+    g.add_argument("--num-layers", type=int, help="stacked recurrent layers")
+    g.add_argument("--dropout", type=float, help="dropout between layers, in [0, 1)")
+    g.add_argument(
+        "--tie-weights",
+        action=argparse.BooleanOptionalAction,
+        help="share the embedding and output weights (needs embed = hidden size)",
+    )
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--algorithm", choices=sorted(ALGORITHMS), help="training algorithm (bptt)")
+    g.add_argument("--seq-len", type=int, help="characters per truncated-BPTT chunk")
+    g.add_argument("--batch-size", type=int, help="parallel text streams (per process)")
+    g.add_argument(
+        "--optimizer", choices=OPTIMIZERS, help="adamw, or sgd with Nesterov momentum (adamw)"
+    )
+    g.add_argument("--lr", type=float, help="peak learning rate")
+    g.add_argument(
+        "--final-lr-fraction",
+        type=float,
+        help="the cosine schedule ends at this fraction of --lr (0.05)",
+    )
+    g.add_argument("--warmup-steps", type=int, help="linear warm-up steps (50)")
+    g.add_argument("--weight-decay", type=float, help="decoupled weight decay (0.01)")
+    g.add_argument("--momentum", type=float, help="SGD momentum (0.9)")
+    g.add_argument("--grad-clip", type=float, help="gradient-norm clipping, 0 = off (1.0)")
+    g = p.add_argument_group("run")
+    g.add_argument("--max-steps", type=int, help="stop after this many steps")
+    g.add_argument(
+        "--max-time",
+        type=float,
+        help="stop after this many seconds of training (evaluation not counted)",
+    )
+    g.add_argument("--eval-interval", type=int, help="steps between validations")
+    g.add_argument(
+        "--eval-max-chars",
+        type=int,
+        help="validate on at most this many characters during training (1000000)",
+    )
+    g.add_argument(
+        "--patience",
+        type=int,
+        help="stop after this many validations without improvement, 0 = never (0)",
+    )
+    g.add_argument("--log-interval", type=int, help="steps between metrics records (10)")
+    g.add_argument(
+        "--sample-chars",
+        type=int,
+        help="length of the sample shown at each validation, 0 = none (200)",
+    )
+    g.add_argument("--seed", type=int, help="random seed (1234)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (auto)")
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="checkpoint path (.safetensors); the best model is kept here, resume"
+        " state, metrics and a plot beside it",
+    )
+    g.add_argument("--resume", action="store_true", help="continue the run saved beside --out")
+    return p
+
+
+def build_train_config(args: dict[str, Any]) -> TrainConfig:
+    """Preset values, then explicitly given flags (``args`` holds only those)."""
+    overrides = {k: v for k, v in args.items() if k not in _DATA_FLAGS and k != "preset"}
+    if "arch_option" in overrides:
+        overrides["arch_options"] = dict(overrides.pop("arch_option"))
+    if "max_time" in overrides and "max_steps" not in overrides:
+        overrides["max_steps"] = None  # an explicit time budget replaces the preset's step budget
+    return config_from_preset(args.get("preset", "small"), **overrides)
+
+
+def resumed_config(
+    saved: dict[str, Any], explicit: TrainConfig, args: dict[str, Any]
+) -> TrainConfig:
+    """The saved config, with the budget and reporting flags given now; others must agree."""
+    config = TrainConfig.from_dict(saved)
+    given = {k for k in args if k not in _DATA_FLAGS}
+    given = {"arch_options" if k == "arch_option" else k for k in given}
+    changes = {k: getattr(explicit, k) for k in given & _RESUMABLE}
+    if "max_time" in given and "max_steps" not in given:
+        changes["max_steps"] = config.max_steps
+    clashes = sorted(
+        k for k in given - _RESUMABLE - {"preset"} if getattr(explicit, k) != getattr(config, k)
+    )
+    if clashes:
+        flags = ", ".join("--" + k.replace("_", "-") for k in clashes)
+        raise ValueError(f"{flags} differ from the run being resumed; only budgets may change")
+    return config.replace(**changes)
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``charlm-train`` (and of ``torchrun -m training``)."""
+    parser = _train_parser()
+    args = vars(parser.parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out: Path = args["out"]
+    try:
+        config = build_train_config(args)
+        if args.get("resume"):
+            saved = load_resume(resume_path(out))
+            config = resumed_config(saved.info["train_config"], config, args)
+        context = distributed.setup(config.device)
+    except (ValueError, ResumeError) as exc:
+        parser.error(str(exc))
+    try:
+        corpus = _load_corpus_ranked(args, config, context)
+        reporter = ProgressReporter() if context.is_main else Reporter()
+        trainer = Trainer(
+            config, corpus, out, context=context, reporter=reporter, resume=bool(args.get("resume"))
+        )
+        if context.is_main:
+            print(
+                f"{config.arch}: {trainer.model.num_parameters():,} parameters, vocabulary"
+                f" {len(corpus.vocab)}, {len(corpus.train_ids):,} training and"
+                f" {corpus.num_val_chars:,} validation characters, {context.world_size} process(es)"
+                f", {torch.get_num_threads()} threads on {context.device}"
+            )
+        result = trainer.run()
+    except (CorpusError, StreamError, ResumeError, ValueError) as exc:
+        distributed.teardown(context)
+        parser.exit(2, f"charlm-train: error: {exc}\n")
+    distributed.teardown(context)
+    if context.is_main:
+        best = (
+            f"best validation {result.best_val_nats / math.log(2):.4f} bits/char"
+            f" ({result.best_val_nats:.4f} nats/char) at step {result.best_step}"
+            if result.best_step >= 0
+            else "no validation text"
+        )
+        print(
+            f"stopped ({result.stop_reason}) at step {result.step} after"
+            f" {result.train_seconds:.0f}s of training, {result.chars_per_sec:,.0f} chars/s;"
+            f" {best}; checkpoint {out}"
+        )
+        if result.stop_reason == "interrupted":
+            print("continue with the same command and --resume")
+    return 130 if result.stop_reason == "interrupted" else 0
+
+
+def _load_corpus_ranked(args: dict[str, Any], config: TrainConfig, context: Any) -> Any:
+    """Rank 0 encodes (and caches) first, so the other ranks read the cache."""
+
+    def load() -> Any:
+        return load_corpus(
+            args["data"],
+            val_data=args.get("val_data"),
+            val_fraction=config.val_fraction,
+            min_char_count=config.min_char_count,
+            cache_dir=args.get("cache_dir"),
+        )
+
+    if not context.enabled:
+        return load()
+    import torch.distributed as dist
+
+    corpus = load() if context.is_main else None
+    dist.barrier()
+    return corpus if corpus is not None else load()
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``charlm-eval``: one JSON object on stdout."""
+    p = argparse.ArgumentParser(
+        prog="charlm-eval",
+        description="Score UTF-8 text with a checkpoint; each file is one text, as the server"
+        " scores it (BOS first, every character scored, state carried through the file).",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors checkpoint")
+    p.add_argument("--data", nargs="+", required=True, help="files, folders or globs to score")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="cpu", help="where to run (cpu)"
+    )
+    args = p.parse_args(argv)
+    try:
+        device = distributed.choose_device(args.device)
+        torch.set_num_threads(distributed.choose_num_threads())
+        loaded = load_checkpoint(args.checkpoint, device=device)
+        files = resolve_files(args.data)
+        docs = [loaded.vocab.encode_array(read_text_file(f)) for f in files]
+    except (CheckpointError, CorpusError, ValueError) as exc:
+        p.exit(2, f"charlm-eval: error: {exc}\n")
+    result = evaluate_docs(loaded.model, docs)
+    if result.num_chars == 0:
+        p.exit(2, "charlm-eval: error: the text to score is empty\n")
+    report = {
+        **result.to_dict(),
+        "num_files": len(files),
+        "checkpoint": str(args.checkpoint),
+        "arch": loaded.config.arch,
+    }
+    print(json.dumps(report))
+    return 0
+
+
+def sample_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``charlm-sample``: the prompt and its continuation on stdout."""
+    p = argparse.ArgumentParser(
+        prog="charlm-sample", description="Generate text from a checkpoint."
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors checkpoint")
+    p.add_argument("--prompt", default="", help="text to continue (default: start a new text)")
+    p.add_argument("--length", type=int, default=500, help="characters to generate (500)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (0.8)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest characters, 0 = all")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus probability mass (1.0)")
+    p.add_argument("--seed", type=int, help="same seed, same text (default: random, printed)")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="cpu", help="where to run (cpu)"
+    )
+    args = p.parse_args(argv)
+    if args.length < 0:
+        p.error("--length must be >= 0")
+    try:
+        params = SamplingParams(args.temperature, args.top_k, args.top_p)
+        device = distributed.choose_device(args.device)
+        loaded = load_checkpoint(args.checkpoint, device=device)
+        seed = args.seed if args.seed is not None else make_generator(None)[1]
+        (gen,) = generate(loaded.model, loaded.vocab, args.prompt, args.length, params, seed)
+    except (CheckpointError, ValueError) as exc:
+        p.exit(2, f"charlm-sample: error: {exc}\n")
+    if args.seed is None:
+        print(f"seed {seed}", file=sys.stderr)
+    sys.stdout.write(args.prompt + gen.text + "\n")
+    return 0

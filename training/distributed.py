@@ -1,0 +1,112 @@
+"""Process layout: device choice, thread count, and DistributedDataParallel set-up under torchrun.
+
+``torchrun --nproc-per-node N -m training ...`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
+``LOCAL_WORLD_SIZE``; each rank then trains its own streams and only rank 0 writes files. The
+backend is gloo on CPU and NCCL on CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def choose_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but no CUDA device is available")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if name != "cpu":
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+def choose_num_threads(local_world_size: int = 1) -> int:
+    """CPU threads per process: the cores this process may use, shared by the local ranks.
+
+    ``CHARLM_NUM_THREADS`` overrides (torchrun sets ``OMP_NUM_THREADS=1`` on its own, which is
+    why that variable is not followed here).
+    """
+    override = os.environ.get("CHARLM_NUM_THREADS")
+    if override:
+        return max(1, int(override))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, local_world_size))
+
+
+def setup(device_name: str) -> DistContext:
+    """Read the torchrun environment (if any), join the process group and set threads."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    device = choose_device(device_name, local_rank)
+    torch.set_num_threads(choose_num_threads(local_world_size))
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+        logger.info("rank %d of %d joined (%s)", rank, world_size, backend)
+    return DistContext(rank, world_size, local_rank, local_world_size, device)
+
+
+def teardown(context: DistContext) -> None:
+    if context.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_rank(flag: bool, context: DistContext) -> bool:
+    """True on every rank when ``flag`` is true on at least one (stop requests, early stops)."""
+    if not context.enabled:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=context.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def broadcast_float(value: float, context: DistContext) -> float:
+    """Rank 0's value on every rank."""
+    if not context.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=context.device)
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
+def gather_rows(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
+    """Concatenate every rank's ``tensor`` along dim 0, in rank order (same on every rank)."""
+    if not context.enabled:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(context.world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)

@@ -1,0 +1,150 @@
+"""What a run shows and leaves behind: progress bar, metrics JSON lines and the loss plot."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from models.files import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+
+def metrics_path(checkpoint: str | os.PathLike[str]) -> Path:
+    path = Path(checkpoint)
+    return path.with_name(path.name.removesuffix(".safetensors") + ".metrics.jsonl")
+
+
+def plot_path(checkpoint: str | os.PathLike[str]) -> Path:
+    path = Path(checkpoint)
+    return path.with_name(path.name.removesuffix(".safetensors") + ".png")
+
+
+class MetricsLog:
+    """Appends one JSON object per line: ``{"kind": "train" | "eval", "step": ..., ...}``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text("utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+        return out
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records newer than ``step`` (written after the state a run resumes from)."""
+        kept = [r for r in self.records() if int(r.get("step", 0)) <= step]
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+    def reset(self) -> None:
+        atomic_write_bytes(self.path, b"")
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def draw_plot(records: list[dict[str, Any]], path: Path) -> None:
+    """Train and validation loss (nats/char) against step, written atomically as PNG."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    train = [(r["step"], r["train_loss"]) for r in records if r.get("kind") == "train"]
+    val = [(r["step"], r["val_nats"]) for r in records if r.get("kind") == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    try:
+        if train:
+            ax.plot(*zip(*train, strict=True), label="train", linewidth=1, alpha=0.7)
+        if val:
+            ax.plot(*zip(*val, strict=True), label="validation", marker="o", linewidth=1.5)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/char)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        buffer = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+class Reporter:
+    """Where a run's progress goes; this base class logs, the CLI's subclass draws a bar."""
+
+    def start(self, step: int, total_steps: int | None) -> None:
+        pass
+
+    def train(self, record: dict[str, Any]) -> None:
+        logger.debug("step %s loss %.4f", record["step"], record["train_loss"])
+
+    def evaluation(self, record: dict[str, Any], sample: str | None) -> None:
+        logger.info(
+            "step %s: validation %.4f nats/char, %.4f bits/char",
+            record["step"],
+            record["val_nats"],
+            record["val_bpc"],
+        )
+
+    def message(self, text: str) -> None:
+        logger.info("%s", text)
+
+    def close(self) -> None:
+        pass
+
+
+class ProgressReporter(Reporter):
+    """A tqdm bar (step, loss, bits/char, chars/s, ETA); evaluations print a line and a sample."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def start(self, step: int, total_steps: int | None) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
+
+    def train(self, record: dict[str, Any]) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(record["step"] - self._bar.n)
+        self._bar.set_postfix(
+            loss=f"{record['train_loss']:.3f}",
+            bpc=f"{record['train_loss'] / math.log(2):.3f}",
+            chars_s=f"{record['chars_per_sec']:.0f}",
+            lr=f"{record['lr']:.2e}",
+        )
+
+    def evaluation(self, record: dict[str, Any], sample: str | None) -> None:
+        best = " (best)" if record.get("is_best") else ""
+        self.message(
+            f"step {record['step']}: val {record['val_bpc']:.4f} bits/char,"
+            f" {record['val_nats']:.4f} nats/char{best}"
+        )
+        if sample:
+            self.message("sample: " + sample.replace("\n", "\n        "))
+
+    def message(self, text: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
