@@ -123,20 +123,25 @@ def _loc_to_param(loc: Sequence[int | str]) -> str:
 
 
 def _bounds_of(model: type[BaseModel] | None, name: str) -> str | None:
-    """``"0 <= temperature <= 2"`` from the field's declared bounds, for messages."""
-    if model is None or name not in model.model_fields:
+    """``"0 <= temperature <= 10"`` from the field's published JSON schema, for messages."""
+    if model is None:
         return None
-    lower = upper = None
-    for meta in model.model_fields[name].metadata:
-        for attr, sign in (("ge", "<="), ("gt", "<")):
-            if getattr(meta, attr, None) is not None:
-                lower = f"{getattr(meta, attr)} {sign} "
-        for attr, sign in (("le", "<="), ("lt", "<")):
-            if getattr(meta, attr, None) is not None:
-                upper = f" {sign} {getattr(meta, attr)}"
-    if lower is None and upper is None:
+    prop = model.model_json_schema().get("properties", {}).get(name)
+    if not isinstance(prop, dict):
         return None
-    return f"{lower or ''}{name}{upper or ''}"
+    for variant in [prop, *prop.get("anyOf", [])]:
+        lower = upper = ""
+        if "minimum" in variant:
+            lower = f"{variant['minimum']} <= "
+        elif "exclusiveMinimum" in variant:
+            lower = f"{variant['exclusiveMinimum']} < "
+        if "maximum" in variant:
+            upper = f" <= {variant['maximum']}"
+        elif "exclusiveMaximum" in variant:
+            upper = f" < {variant['exclusiveMaximum']}"
+        if lower or upper:
+            return f"{lower}{name}{upper}"
+    return None
 
 
 def describe_validation_errors(

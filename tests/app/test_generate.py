@@ -161,3 +161,8 @@ def test_invalid_parameters(client: Any, body: dict[str, Any], param: str) -> No
 def test_range_errors_state_the_allowed_range(client: Any) -> None:
     message = client.post("/v1/generate", json={"top_p": 2}).json()["error"]["message"]
     assert "top_p" in message and "0.0 < top_p <= 1.0" in message
+
+
+def test_optional_fields_state_their_range_too(client: Any) -> None:
+    message = client.post("/v1/generate", json={"seed": -5}).json()["error"]["message"]
+    assert "seed" in message and "0 <= seed <= 9223372036854775791" in message
