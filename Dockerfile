@@ -17,9 +17,18 @@
 ARG WHEELS_IMAGE=scratch
 FROM ${WHEELS_IMAGE} AS wheels
 
+# ---- requirements: the runtime dependencies as pyproject.toml lists them ---------------------
+# Extracted on their own so that edits elsewhere in pyproject.toml (tool settings, development
+# extras) leave the dependency layers below cached.
+FROM python:3.11-slim AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /requirements.txt
+
 # ---- deps: a virtual environment with torch and the project's dependencies -------------------
-# Everything here depends only on pyproject.toml, so edits to the code leave these layers (and
-# the ~1 GB copy of the environment into the final image) cached.
+# Nothing here depends on the code, so code edits leave these layers (and the ~1 GB copy of the
+# environment into the final image) cached.
 FROM python:3.11-slim AS deps
 
 ARG TORCH_VERSION=2.13.0
@@ -46,14 +55,11 @@ RUN --mount=type=bind,from=wheels,target=/wheels \
     && pip install "torch==${TORCH_VERSION}" \
     && python -c "import torch; assert torch.version.cuda is None, 'expected a CPU-only torch build'"
 
-# The runtime dependencies as pyproject.toml lists them (no development extras).
-WORKDIR /src
-COPY pyproject.toml ./
+# The runtime dependencies (no development extras).
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
 # hadolint ignore=DL3042
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+    pip install -r /tmp/requirements.txt
 
 # What torch ships for building C++ extensions and testing itself (~200 MB): headers, C++ test
 # binaries and protoc. Nothing here compiles extensions (the image has no compiler) and the
@@ -65,6 +71,7 @@ RUN site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"
 
 # ---- wheel: the project itself, built from the files .dockerignore lets through --------------
 FROM deps AS wheel
+WORKDIR /src
 COPY pyproject.toml README* ./
 COPY models ./models
 COPY training ./training
