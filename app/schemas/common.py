@@ -26,7 +26,9 @@ MAX_SCORE_TOP_K = 20  # alternatives per character in /v1/score
 MAX_LOGPROBS = 5  # alternatives per character in /v1/completions (OpenAI's limit)
 MAX_TEMPERATURE = 10.0
 MAX_SAMPLING_TOP_K = 100_000
-MAX_REQUEST_SEED = MAX_SEED - MAX_N  # completion i uses seed + i
+# the OpenAPI document publishes bounds as JSON numbers (doubles): 2**63 would round up there, and
+# JavaScript clients (the playground) hold integers exactly only below 2**53
+MAX_REQUEST_SEED = min(MAX_SEED - MAX_N, 2**53 - 1)
 # per-character output (a logprob and its alternatives per character) of one response, at most:
 # about 50 bytes of JSON each, so responses stay in the tens of megabytes
 MAX_PER_CHAR_ENTRIES = 250_000

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from app.schemas.common import (
     MAX_N,
+    MAX_REQUEST_SEED,
     MAX_SAMPLING_TOP_K,
     MAX_STOPS,
     MAX_TEMPERATURE,
@@ -23,7 +24,7 @@ from app.schemas.common import (
     check_new_chars,
     check_text,
 )
-from models.sampling import MAX_SEED, SamplingParams
+from models.sampling import SamplingParams
 
 FinishReason = Literal["length", "stop", "timeout", "abort"]
 
@@ -31,7 +32,8 @@ FinishReason = Literal["length", "stop", "timeout", "abort"]
 def pick_seeds(seed: int | None, n: int) -> list[int]:
     """Completion ``i`` uses ``seed + i`` (as ``models.sampling.generate`` does); a random base
     seed when none is given, reported back so the result can be reproduced."""
-    base = seed if seed is not None else secrets.randbelow(MAX_SEED - MAX_N)
+    # a random base keeps every completion's seed within what a request may send back
+    base = seed if seed is not None else secrets.randbelow(MAX_REQUEST_SEED - MAX_N + 1)
     return [base + i for i in range(n)]
 
 
