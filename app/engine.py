@@ -220,6 +220,16 @@ class ModelEngine:
         # running: the scheduler ends it at its deadline with finish_reason "timeout"
         await event.wait()
 
+    # ------------------------------------------------------------------ admission
+    def queue_full(self) -> QueueFullError | None:
+        """The error a new request would get now because the queue is full, else None (a cheap
+        check for refusing early; ``score`` and ``generate`` check again)."""
+        return self._scheduler.queue_full()
+
+    def count_rejection(self, reason: str) -> None:
+        """Count a request refused on the engine's behalf (``queue_full``, ...)."""
+        self._counters.reject(reason)
+
     # ------------------------------------------------------------------ observability
     def stats(self) -> dict[str, float]:
         """A snapshot for ``/metrics`` and benchmarks: queue, running rows, counters."""

@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
+from app.admission import AdmissionMiddleware
 from app.deps import Services, require_api_key
 from app.errors import install_error_handlers
 from app.metrics import Metrics
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # middleware: the last added runs first (request ids wrap everything)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(AdmissionMiddleware, engines=store.engines)  # 429 early when all are full
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -136,25 +136,33 @@ class Scheduler:
             thread.join()
         self._thread = None
 
-    def _admit(self, queue_len: int) -> None:
+    def queue_full(self) -> QueueFullError | None:
+        """The refusal a new request would get now for a full queue (not counted), or None."""
+        queue_len = len(self._generations) + len(self._scorings)
+        if queue_len < self.max_queue:
+            return None
+        busy = queue_len / self.max_batch_size + 1
+        retry = min(60.0, max(1.0, busy * self.counters.mean_request_s))
+        return QueueFullError(retry, f"{queue_len} requests are waiting; retry later")
+
+    def _admit(self) -> None:
         if self._closed:
             self.counters.reject("closed")
             raise EngineClosedError("the model is shutting down")
-        if queue_len >= self.max_queue:
+        refusal = self.queue_full()
+        if refusal is not None:
             self.counters.reject("queue_full")
-            busy = queue_len / self.max_batch_size + 1
-            retry = min(60.0, max(1.0, busy * self.counters.mean_request_s))
-            raise QueueFullError(retry, f"{queue_len} requests are waiting; retry later")
+            raise refusal
 
     def submit_generation(self, request: GenerationRequest) -> None:
         with self._cond:
-            self._admit(len(self._generations) + len(self._scorings))
+            self._admit()
             self._generations.append(request)
             self._cond.notify()
 
     def submit_score(self, request: ScoreRequest) -> None:
         with self._cond:
-            self._admit(len(self._generations) + len(self._scorings))
+            self._admit()
             self._scorings.append(request)
             self._cond.notify()
 
