@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.app.conftest import LiveServer
+from tests.app.conftest import LiveServer, start_server, stop_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -73,6 +73,7 @@ def test_generation_streams_into_the_page(browser_page: Any, live_server: LiveSe
     expected = httpx.post(
         live_server.url + "/v1/generate",
         json={"prompt": "alpha ", "max_chars": 400, "temperature": 0},
+        timeout=60,
     ).json()["completions"][0]["text"]
     assert page.text_content("#output-text") == expected
     assert page.text_content("#output-prompt") == "alpha "
@@ -111,3 +112,23 @@ def test_errors_are_shown(browser_page: Any) -> None:
     page.wait_for_selector("#error:not([hidden])")
     assert "top_p" in page.text_content("#error")
     page.fill("#top-p", "1")
+
+
+def test_page_works_with_an_api_key(browser_page: Any, models_dir: Path, tmp_path: Path) -> None:
+    server = start_server(models_dir, tmp_path / "server.log", CHARLM_API_KEYS="page-key")
+    page = browser_page.context.browser.new_page()
+    try:
+        page.goto(server.url + "/")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "401" in page.text_content("#error") and "API key" in page.text_content("#error")
+        page.fill("#api-key", "page-key")
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        assert page.input_value("#model") == "tiny"
+        page.fill("#score-text", "alpha")
+        page.click("#score")
+        page.wait_for_function("document.querySelectorAll('#heatmap span').length === 5")
+        assert page.is_hidden("#error")
+    finally:
+        page.close()
+        stop_server(server)
