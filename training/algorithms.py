@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.base import State, detach_state
+from training.ekf import DecoupledEKF
+from training.rtrl import RealTimeRecurrentLearning
 
 
 class TrainStep(Protocol):
@@ -62,4 +64,4 @@ class TruncatedBPTT:
 
 #: name -> factory(module, optimizer, grad_clip, device)
 ALGORITHMS: dict[str, Callable[[nn.Module, torch.optim.Optimizer, float, torch.device], TrainStep]]
-ALGORITHMS = {"bptt": TruncatedBPTT}
+ALGORITHMS = {"bptt": TruncatedBPTT, "rtrl": RealTimeRecurrentLearning, "ekf": DecoupledEKF}

@@ -20,6 +20,7 @@ from training.algorithms import ALGORITHMS
 from training.batches import StreamError
 from training.config import OPTIMIZERS, PRESETS, TrainConfig, config_from_preset
 from training.data import CorpusError, load_corpus, read_text_file, resolve_files
+from training.esn import train_esn
 from training.evaluate import evaluate_docs
 from training.loop import Trainer
 from training.report import ProgressReporter, Reporter
@@ -196,6 +197,8 @@ def train_main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     try:
         corpus = _load_corpus_ranked(args, config, context)
+        if config.arch == "esn":  # the readout is fitted in closed form: no training loop
+            return _train_esn(config, corpus, out, context)
         reporter = ProgressReporter() if context.is_main else Reporter()
         trainer = Trainer(
             config, corpus, out, context=context, reporter=reporter, resume=bool(args.get("resume"))
@@ -227,6 +230,20 @@ def train_main(argv: list[str] | None = None) -> int:
         if result.stop_reason == "interrupted":
             print("continue with the same command and --resume")
     return 130 if result.stop_reason == "interrupted" else 0
+
+
+def _train_esn(config: TrainConfig, corpus: Any, out: Path, context: Any) -> int:
+    if context.world_size > 1:
+        raise ValueError("the esn fit runs in one process; launch it without torchrun")
+    _, summary = train_esn(config, corpus, out)
+    distributed.teardown(context)
+    bpc = summary["best_val_bits_per_char"]
+    print(
+        f"esn: ridge readout on {summary['train_chars']:,} characters in"
+        f" {summary['train_seconds']:.0f}s; validation"
+        f" {'n/a' if bpc is None else f'{bpc:.4f}'} bits/char; checkpoint {out}"
+    )
+    return 0
 
 
 def _load_corpus_ranked(args: dict[str, Any], config: TrainConfig, context: Any) -> Any:

@@ -25,12 +25,20 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from models.checkpoint import save_checkpoint
 from models.esn import EchoStateLM
+from models.registry import build_model
+from models.vocab import BOS_ID
+from training.config import TrainConfig
+from training.data import Corpus
+from training.evaluate import evaluate_docs, limit_docs
 
 logger = logging.getLogger(__name__)
 
@@ -224,3 +232,45 @@ def fit_esn(
         fit.seconds,
     )
     return fit
+
+
+def train_esn(
+    config: TrainConfig, corpus: Corpus, out: Path | None
+) -> tuple[EchoStateLM, dict[str, Any]]:
+    """``charlm-train --arch esn``: build, fit in one pass, evaluate as ``charlm-eval`` does and
+    save the checkpoint. Returns the model and its training summary."""
+    if config.algorithm != "bptt":
+        raise ValueError(
+            "the esn readout is fitted in closed form;"
+            f" --algorithm {config.algorithm} does not apply to it"
+        )
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    model = build_model(config.model_config(len(corpus.vocab)))
+    assert isinstance(model, EchoStateLM)
+    train_ids = np.asarray(corpus.train_ids, dtype=np.int64)
+    val_docs = limit_docs(corpus.val_docs, config.eval_max_chars)
+    if val_docs:
+        val_ids = np.concatenate([np.concatenate([[BOS_ID], d]) for d in val_docs])
+        fit_ids = train_ids
+    else:  # calibrate on the training text's last 5% instead, held out of the regression
+        logger.warning("no validation text: calibrating the readout on the last 5%% of training")
+        cut = int(len(train_ids) * 0.95)
+        fit_ids, val_ids = train_ids[:cut], train_ids[cut:]
+    fit = fit_esn(model, fit_ids, val_ids, streams=config.batch_size, chunk=config.seq_len)
+    result = evaluate_docs(model, val_docs) if val_docs else None
+    summary = {
+        **fit.to_dict(),
+        "step": 0,
+        "train_seconds": round(time.perf_counter() - started, 3),
+        "best_step": 0 if result else -1,
+        "best_val_nats_per_char": result.nats_per_char if result else None,
+        "best_val_bits_per_char": result.bits_per_char if result else None,
+        "corpus_fingerprint": corpus.fingerprint,
+        "train_chars": len(train_ids),
+        "val_chars": corpus.num_val_chars,
+        "world_size": 1,
+    }
+    if out is not None:
+        save_checkpoint(out, model, corpus.vocab, train_config=config.to_dict(), training=summary)
+    return model, summary

@@ -89,3 +89,36 @@ def test_fit_gives_a_calibrated_model_that_beats_unigrams(tiny_corpus: str, ridg
     (score,) = score_id_sequences(model, [ids[split:]])
     assert score.bits_per_char == pytest.approx(fit.val_bpc, abs=0.15)
     assert fit.to_dict()["algorithm"] == "esn-ridge"
+
+
+def test_charlm_train_arch_esn_fits_and_saves(tiny_corpus: str, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from models.checkpoint import load_checkpoint
+    from training.cli import train_main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(tiny_corpus * 3, encoding="utf-8")
+    out = tmp_path / "esn.safetensors"
+    args = ["--data", str(corpus), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--arch", "esn", "--hidden-size", "100", "--batch-size", "8", "--seq-len", "64"]
+    args += ["--arch-option", "leak_rate=0.7"]
+    assert train_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "esn: ridge readout" in printed and "bits/char" in printed
+    loaded = load_checkpoint(out)
+    assert loaded.config.arch == "esn" and loaded.config.options == {"leak_rate": 0.7}
+    summary = loaded.training
+    assert summary["algorithm"] == "esn-ridge"
+    assert summary["best_val_bits_per_char"] < 2.5  # uniform would be log2(vocab) ~ 4.6
+    assert float(loaded.model.logit_scale) == pytest.approx(summary["logit_scale"])
+
+
+def test_charlm_train_rejects_an_algorithm_for_esn(tiny_corpus: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from training.cli import train_main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(tiny_corpus, encoding="utf-8")
+    args = ["--data", str(corpus), "--out", str(tmp_path / "x.safetensors")]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--arch", "esn", "--algorithm", "rtrl"]
+    with pytest.raises(SystemExit) as exc:
+        train_main(args)
+    assert exc.value.code == 2

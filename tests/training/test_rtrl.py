@@ -79,3 +79,21 @@ def test_only_small_elman_models() -> None:
         RealTimeRecurrentLearning(
             deep, torch.optim.SGD(deep.parameters()), 0.0, torch.device("cpu")
         )
+
+
+@pytest.mark.parametrize("algorithm", ["rtrl", "ekf"])
+def test_charlm_train_algorithm_flag(algorithm: str, tiny_corpus: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from models.checkpoint import load_checkpoint
+    from training.cli import train_main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(tiny_corpus, encoding="utf-8")
+    out = tmp_path / f"{algorithm}.safetensors"
+    args = ["--data", str(corpus), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--arch", "rnn", "--num-layers", "1", "--hidden-size", "6", "--embed-size", "4"]
+    args += ["--algorithm", algorithm, "--batch-size", "2", "--seq-len", "8"]
+    args += ["--max-steps", "4", "--eval-interval", "4", "--sample-chars", "0"]
+    assert train_main(args) == 0
+    loaded = load_checkpoint(out)
+    assert loaded.train_config["algorithm"] == algorithm
+    assert loaded.training["step"] == 4
