@@ -69,13 +69,25 @@ def _set_events(boxes: list[Mailbox]) -> None:
         box.event.set()
 
 
-def _resolve(request: ScoreRequest, error: BaseException | None) -> None:
-    if request.future.done():
-        return
-    if error is not None:
-        request.future.set_exception(error)
-    else:
-        request.future.set_result([r for r in request.results if r is not None])
+def _resolve(requests: list[ScoreRequest], error: BaseException | None) -> None:
+    for request in requests:
+        if request.future.done():
+            continue
+        if error is not None:
+            request.future.set_exception(error)
+        else:
+            request.future.set_result([r for r in request.results if r is not None])
+
+
+def resolve_all(requests: list[ScoreRequest], error: BaseException | None = None) -> None:
+    """Complete scoring requests on their event loops: one wake-up per loop, not per request
+    (each wake-up is a socket write that gives up the GIL)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[ScoreRequest]] = {}
+    for request in requests:
+        by_loop.setdefault(request.loop, []).append(request)
+    for loop, group in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
+            loop.call_soon_threadsafe(_resolve, group, error)
 
 
 class Scheduler:
@@ -245,18 +257,20 @@ class Scheduler:
         """Encode every queued scoring request and plan its texts into length groups."""
         by_top_k: dict[int, list[ScoreItem]] = {}
         self._last_scoring_round = len(self._scorings)
+        empty = []
         while self._scorings:
             request = self._scorings.popleft()
             request.phase = Phase.RUNNING
             request.results = [None] * len(request.texts)
             request.remaining = len(request.texts)
             if not request.texts:
-                request.loop.call_soon_threadsafe(_resolve, request, None)
+                empty.append(request)
                 continue
             context = self.vocab.encode_array(request.context)
             for i, text in enumerate(request.texts):
                 item = (request, i, self.vocab.encode_array(text), context)
                 by_top_k.setdefault(request.top_k, []).append(item)
+        resolve_all(empty)
         for items in by_top_k.values():
             lengths = [len(ids) + len(ctx) for _, _, ids, ctx in items]
             for group in plan_score_groups(lengths, self.max_batch_size):
@@ -299,9 +313,7 @@ class Scheduler:
             self.counters.scored_requests += len(done)
             for request in done:
                 self.counters.request_done(now - request.admitted_at)
-        for request in done:
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
-                request.loop.call_soon_threadsafe(_resolve, request, None)
+        resolve_all(done)
 
     def _step(self) -> None:
         """One character for every row of the decode batch."""
@@ -434,5 +446,4 @@ class Scheduler:
     def _fail_scorings(self, scorings: list[ScoreRequest], error: BaseException) -> None:
         for scoring in scorings:
             scoring.phase = Phase.DONE
-            with contextlib.suppress(RuntimeError):
-                scoring.loop.call_soon_threadsafe(_resolve, scoring, error)
+        resolve_all(scorings, error)

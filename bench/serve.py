@@ -166,13 +166,14 @@ async def scoring_check(server: Server, model: str, texts: list[str], rounds: in
 
 async def overload_check(server: Server, model: str, capacity: int, chars: int) -> dict[str, Any]:
     """Send 4x ``capacity`` requests at once, three times; memory before, between and after."""
-    baseline = server.rss_mb()
-    rounds = []
+    rounds, peaks = [], []
     async with make_client(server.url, connections=4 * capacity + 8) as client:
         await open_connections(client, 4 * capacity)
+        await burst(client, model, capacity, chars)  # warm-up, within capacity
         baseline = server.rss_mb()
         for _ in range(3):
             rounds.append(await burst(client, model, 4 * capacity, chars))
+            peaks.append(server.rss_mb())
     await asyncio.sleep(2.0)
     after = server.rss_mb()
     rejected = [t for r in rounds for t in r.rejected_latencies]
@@ -188,6 +189,7 @@ async def overload_check(server: Server, model: str, capacity: int, chars: int) 
         "rejected_max_ms": max(rejected, default=float("nan")) * 1000,
         "retry_after": sorted({v for r in rounds for v in r.retry_after}),
         "rss_baseline_mb": baseline,
+        "rss_after_bursts_mb": peaks,
         "rss_after_mb": after,
         "server_errors": sum(n for s, n in statuses.items() if s >= 500),
     }
@@ -291,13 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     report["overload"] = over
     print(f"\n## overload ({models[0]}): max_batch_size 32 + max_queue 32, 3 bursts of "
           f"{4 * 64} requests at once")  # fmt: skip
-    print(f"- statuses: {over['statuses']}; 5xx: {over['server_errors']}")
+    print(f"- statuses: {over['statuses']} (0: no answer); 5xx: {over['server_errors']}")
     print(f"- 429 reply time p50 {over['rejected_p50_ms']:.1f} ms, p99 "
           f"{over['rejected_p99_ms']:.1f} ms, max {over['rejected_max_ms']:.1f} ms "
           f"(target < 50 ms: {verdict(over['rejected_max_ms'] < 50)}); Retry-After "
           f"{', '.join(over['retry_after'])}")  # fmt: skip
-    print(f"- server RSS: {over['rss_baseline_mb']:.0f} MB before, "
-          f"{over['rss_after_mb']:.0f} MB after")  # fmt: skip
+    bursts = ", ".join(f"{mb:.0f}" for mb in over["rss_after_bursts_mb"])
+    print(f"- server RSS: {over['rss_baseline_mb']:.0f} MB before, {bursts} MB after each "
+          f"burst, {over['rss_after_mb']:.0f} MB 2 s later")  # fmt: skip
     print("\nGPU target (256 streams of a 3x512 LSTM on an H100): not measured, no GPU here.")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))

@@ -41,7 +41,7 @@ class LevelResult:
 
     def errors(self) -> str:
         bad = {s: n for s, n in sorted(self.statuses.items()) if s != 200}
-        return ", ".join(f"{s}: {n}" for s, n in bad.items()) or "none"
+        return ", ".join(f"{s or 'no answer'}: {n}" for s, n in bad.items()) or "none"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -53,14 +53,28 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+# status recorded for a request that got no HTTP answer (connection refused, reset, ...)
+NO_ANSWER = 0
+
+
 def make_client(base_url: str, connections: int = 1024) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    # idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them under us
+    limits = httpx.Limits(
+        max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=3.0
+    )
     return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=600)
 
 
 async def _one_generation(
     client: httpx.AsyncClient, body: dict[str, Any], result: LevelResult
 ) -> None:
+    try:
+        await _generation(client, body, result)
+    except httpx.HTTPError:
+        result.statuses[NO_ANSWER] += 1
+
+
+async def _generation(client: httpx.AsyncClient, body: dict[str, Any], result: LevelResult) -> None:
     start = time.perf_counter()
     if not body.get("stream"):
         response = await client.post("/v1/generate", json=body)
@@ -146,7 +160,11 @@ async def score_level(
         for i in range(per_worker):
             text = texts[(w * per_worker + i) % len(texts)]
             start = time.perf_counter()
-            response = await client.post("/v1/score", json={"model": model, "texts": [text]})
+            try:
+                response = await client.post("/v1/score", json={"model": model, "texts": [text]})
+            except httpx.HTTPError:
+                result.statuses[NO_ANSWER] += 1
+                continue
             result.statuses[response.status_code] += 1
             if response.status_code == 200:
                 result.ok += 1
@@ -179,7 +197,11 @@ async def burst(
     async def one(i: int) -> None:
         body = {"model": model, "prompt": "The ", "max_chars": max_chars, "seed": i}
         start = time.perf_counter()
-        response = await client.post("/v1/generate", json=body)
+        try:
+            response = await client.post("/v1/generate", json=body)
+        except httpx.HTTPError:
+            statuses[NO_ANSWER] += 1
+            return
         statuses[response.status_code] += 1
         if response.status_code == 429:
             rejected.append(time.perf_counter() - start)
