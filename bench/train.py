@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA, help="corpus (default: tinyshakespeare)")
     parser.add_argument("--budget", type=float, default=480.0, help="training seconds for each")
     parser.add_argument("--slice", type=float, default=15.0, help="seconds per turn")
-    parser.add_argument("--eval-every", type=float, default=60.0, help="training seconds")
+    parser.add_argument("--eval-every", type=float, default=120.0, help="training seconds")
     parser.add_argument("--preset", default="small", help="charlm preset")
     parser.add_argument(
         "--set",
@@ -161,11 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ref-lr", type=float, default=2e-3)
     parser.add_argument("--only", choices=("charlm", "reference"), help="train one side only")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: chosen for the machine)"
+    )
     args = parser.parse_args(argv)
     if not args.data.is_file():
         print(f"{args.data}: corpus not found", file=sys.stderr)
         return 2
-    threads = choose_num_threads()
+    threads = args.threads or choose_num_threads()
     torch.set_num_threads(threads)
     config = config_from_preset(
         args.preset,

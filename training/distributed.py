@@ -50,8 +50,11 @@ def choose_device(name: str, local_rank: int = 0) -> torch.device:
 def choose_num_threads(local_world_size: int = 1) -> int:
     """CPU threads per process: the cores this process may use, shared by the local ranks.
 
-    ``CHARLM_NUM_THREADS`` overrides (torchrun sets ``OMP_NUM_THREADS=1`` on its own, which is
-    why that variable is not followed here).
+    On a machine already busier than its core count, half as many: OpenMP's threads wait for
+    each other at every operation, and one that is descheduled stalls the others (measured
+    here: a step of the small LSTM took 2-10x longer with 2 threads than with 1 on a loaded
+    2-core machine). ``CHARLM_NUM_THREADS`` overrides; torchrun sets ``OMP_NUM_THREADS=1`` on
+    its own, which is why that variable is not followed.
     """
     override = os.environ.get("CHARLM_NUM_THREADS")
     if override:
@@ -60,7 +63,15 @@ def choose_num_threads(local_world_size: int = 1) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, cores // max(1, local_world_size))
+    threads = max(1, cores // max(1, local_world_size))
+    try:
+        busy = os.getloadavg()[0] >= cores
+    except OSError:
+        busy = False
+    if busy and threads > 1:
+        threads //= 2
+        logger.info("the machine is busy: using %d threads", threads)
+    return threads
 
 
 def setup(device_name: str) -> DistContext:

@@ -36,6 +36,9 @@ from training.resume import ResumeError, ResumeState, load_resume, resume_path, 
 
 logger = logging.getLogger(__name__)
 
+#: nats/char a validation must gain to reset the early-stopping counter
+EARLY_STOP_MIN_DELTA = 1e-4
+
 
 @dataclass
 class TrainResult:
@@ -277,10 +280,13 @@ class Trainer:
             val = result.nats_per_char
         val = distributed.broadcast_float(val, self.ctx)
         improved = val < self.best_val
-        if improved:
-            self.best_val, self.best_step, self.bad_evals = val, self.step, 0
+        # patience counts validations that fail to improve by a meaningful margin
+        if val < self.best_val - EARLY_STOP_MIN_DELTA:
+            self.bad_evals = 0
         else:
             self.bad_evals += 1
+        if improved:
+            self.best_val, self.best_step = val, self.step
         if improved and self.ctx.is_main:
             self._save_model()
         self._save_resume()

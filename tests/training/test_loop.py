@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint
+from models.scoring import score_texts
+from training.config import TrainConfig
+from training.data import load_corpus
+from training.evaluate import evaluate_docs
+from training.loop import Trainer, learning_rate
+from training.report import Reporter, metrics_path, plot_path
+from training.resume import load_resume, resume_path
+
+from .conftest import tiny_config
+
+
+def _losses(out: Path) -> list[float]:
+    records = [json.loads(line) for line in metrics_path(out).read_text().splitlines()]
+    return [r["train_loss"] for r in records if r["kind"] == "train"]
+
+
+class StopAt(Reporter):
+    """Asks the trainer to stop after ``step``, the way SIGINT does."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.trainer: Trainer | None = None
+
+    def train(self, record: dict[str, Any]) -> None:
+        if record["step"] >= self.step and self.trainer is not None:
+            self.trainer.stop.requested = True
+
+
+def test_few_hundred_steps_learn_far_below_uniform(
+    tmp_path: Path, corpus_file: Path, cache_dir: Path
+) -> None:
+    corpus = load_corpus([str(corpus_file)], cache_dir=cache_dir)
+    config = tiny_config(max_steps=300, eval_interval=100)
+    out = tmp_path / "m.safetensors"
+    result = Trainer(config, corpus, out).run()
+    uniform = math.log(len(corpus.vocab))
+    assert result.stop_reason == "max_steps" and result.step == 300
+    assert result.best_val_nats < 0.4 * uniform, (result.best_val_nats, uniform)
+    assert _losses(out)[-1] < 0.4 * uniform
+    # the kept checkpoint is the best one, and scores the validation text as evaluation did
+    loaded = load_checkpoint(out)
+    assert loaded.training["best_val_nats_per_char"] == pytest.approx(result.best_val_nats)
+    val_text = loaded.vocab.decode(corpus.val_docs[0].tolist())
+    (score,) = score_texts(loaded.model, loaded.vocab, [val_text])
+    assert score.nats_per_char == pytest.approx(result.best_val_nats, rel=1e-6)
+    assert plot_path(out).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted_run(
+    tmp_path: Path, corpus_file: Path, cache_dir: Path
+) -> None:
+    corpus = load_corpus([str(corpus_file)], cache_dir=cache_dir)
+    # dropout and an epoch boundary inside the run make RNG and data position matter
+    config = tiny_config(max_steps=60, eval_interval=25, dropout=0.2, num_layers=2, batch_size=8)
+    whole = tmp_path / "whole.safetensors"
+    Trainer(config, corpus, whole).run()
+
+    parts = tmp_path / "parts.safetensors"
+    stopper = StopAt(33)
+    first = Trainer(config, corpus, parts, reporter=stopper)
+    stopper.trainer = first
+    result = first.run()
+    assert result.stop_reason == "interrupted" and result.step == 33
+    assert load_resume(resume_path(parts)).info["step"] == 33
+    second = Trainer(config, corpus, parts, resume=True)
+    assert second.step == 33
+    assert second.run().step == 60
+
+    expected, got = _losses(whole), _losses(parts)
+    assert len(expected) == len(got) == 60
+    assert got == pytest.approx(expected, abs=1e-6)
+    a, b = load_checkpoint(whole), load_checkpoint(parts)
+    for name, tensor in a.model.state_dict().items():
+        torch.testing.assert_close(tensor, b.model.state_dict()[name], atol=1e-6, rtol=0)
+
+
+def test_resume_refuses_other_data(tmp_path: Path, corpus_file: Path, cache_dir: Path) -> None:
+    corpus = load_corpus([str(corpus_file)], cache_dir=cache_dir)
+    out = tmp_path / "m.safetensors"
+    Trainer(tiny_config(max_steps=5), corpus, out).run()
+    other = tmp_path / "other.txt"
+    other.write_text(corpus_file.read_text() + "more", encoding="utf-8")
+    changed = load_corpus([str(other)], cache_dir=cache_dir)
+    with pytest.raises(Exception, match="training data differ"):
+        Trainer(tiny_config(max_steps=5), changed, out, resume=True)
+
+
+def test_early_stopping_and_time_budget(tmp_path: Path, corpus_file: Path, cache_dir: Path) -> None:
+    corpus = load_corpus([str(corpus_file)], cache_dir=cache_dir)
+    # a learning rate this small cannot improve much: patience ends the run
+    config = tiny_config(
+        lr=1e-9, weight_decay=0.0, warmup_steps=0, eval_interval=2, patience=2, max_steps=500
+    )
+    result = Trainer(config, corpus, tmp_path / "a.safetensors").run()
+    assert result.stop_reason == "early_stop" and result.step < 50
+    timed = Trainer(tiny_config(max_time=0.5, sample_chars=0), corpus, None).run()
+    assert timed.stop_reason == "max_time" and 0.5 <= timed.train_seconds < 5
+
+
+def test_schedule_warms_up_then_decays_to_floor() -> None:
+    config = TrainConfig(lr=1.0, warmup_steps=10, final_lr_fraction=0.1, max_steps=100)
+    assert learning_rate(config, 0, 0.0) == pytest.approx(0.1)
+    assert learning_rate(config, 50, 0.5) == pytest.approx(0.55)
+    assert learning_rate(config, 100, 1.0) == pytest.approx(0.1)
+
+
+def test_evaluation_equals_scoring_per_document(tmp_path: Path, cache_dir: Path) -> None:
+    torch.manual_seed(0)
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("the cat sat on the mat. " * 10, encoding="utf-8")
+    b.write_text("the mat sat. " * 4, encoding="utf-8")
+    corpus = load_corpus([str(a), str(b)], val_fraction=0.3, cache_dir=cache_dir)
+    trainer = Trainer(tiny_config(), corpus, None)
+    texts = [corpus.vocab.decode(d.tolist()) for d in corpus.val_docs]
+    assert len(texts) == 2  # the tail spans the end of a.txt and all of b.txt
+    scores = score_texts(trainer.model, corpus.vocab, texts)
+    result = evaluate_docs(trainer.model, corpus.val_docs)
+    assert result.num_chars == sum(s.num_chars for s in scores)
+    assert result.total_nats == pytest.approx(-sum(s.logprob for s in scores), rel=1e-6)
