@@ -119,32 +119,44 @@ class ClockworkCell(nn.Module):
         steps = x.shape[1] if x is not None else length
         if steps is None:
             raise ValueError("give the input or the number of steps")
+        if steps == 0:
+            return h.new_zeros(h.shape[0], 0, self.hidden_size), h, step
         matrix = self.recurrent_matrix()  # (H, H), built once per call
-        drive = None
+        drive: list[Tensor] | None = None
         if x is not None and self.input_weights is not None:
-            drive = x @ self.input_weights.T  # (B, T, H): every module's input term at once
+            # (B, T, H): every module's input term and bias at once, split per step once (slicing
+            # a (B, T, H) tensor at every step would cost a full-size gradient buffer per step)
+            drive = list(nn.functional.linear(x, self.input_weights, self.bias).unbind(1))
+        # the clock schedule of the whole call at once: (B, T, g) active modules per row and step
+        clock = step.unsqueeze(1) + torch.arange(steps, device=step.device)  # (B, T)
+        active = (clock.unsqueeze(-1) % self._periods) == 0
+        any_active = active.any(dim=0)  # (T, g)
+        # modules up to the last one any row needs: the prefix computed at each step
+        last = torch.where(any_active, torch.arange(len(self.periods), device=step.device), -1)
+        counts = (last.max(dim=1).values + 1).tolist()
+        uniform = (active == active[:1]).all(dim=0).all(dim=-1)  # (T,): rows agree
+        exact = (uniform & (any_active.cumprod(dim=1).sum(dim=1) == any_active.sum(dim=1))).tolist()
+        rows_of: dict[int, Tensor] = {}  # cut -> matrix[:cut].T, sliced once per call
         outputs = []
         for t in range(steps):
-            # (B, g): which modules each row updates at its own clock phase
-            active = (step.unsqueeze(1) % self._periods) == 0
-            # longest prefix any row needs: modules up to the last active one of any row
-            needed = active.any(dim=0).nonzero()
-            if needed.numel() == 0:  # no module ticks (possible when the fastest period > 1)
+            count = counts[t]
+            if count == 0:  # no module ticks (possible when the fastest period > 1)
                 outputs.append(h)
-                step = step + 1
                 continue
-            cut = self.offsets[int(needed.max()) + 1]
-            pre = h @ matrix[:cut].T + self.bias[:cut]  # (B, cut): only the rows computed
+            cut = self.offsets[count]
+            if cut not in rows_of:
+                rows_of[cut] = matrix[:cut].T
             if drive is not None:
-                pre = pre + drive[:, t, :cut]
-            updated = torch.tanh(pre)
-            unit_active = active[:, self._unit_module[:cut]]  # (B, cut)
-            if not bool(unit_active.all()):
+                base = drive[t] if cut == self.hidden_size else drive[t][:, :cut]
+            else:
+                base = self.bias[:cut].expand(h.shape[0], cut)
+            updated = torch.tanh(torch.addmm(base, h, rows_of[cut]))  # (B, cut): rows computed
+            if not exact[t]:  # rows at other phases, or a period that does not divide the next
+                unit_active = active[:, t, self._unit_module[:cut]]  # (B, cut)
                 updated = torch.where(unit_active, updated, h[:, :cut])
             h = torch.cat([updated, h[:, cut:]], dim=1) if cut < self.hidden_size else updated
             outputs.append(h)
-            step = step + 1
-        return torch.stack(outputs, dim=1), h, step
+        return torch.stack(outputs, dim=1), h, step + steps
 
     def extra_repr(self) -> str:
         return f"input_size={self.input_size}, modules={self.module_sizes}, periods={self.periods}"

@@ -14,8 +14,8 @@ def cell(periods: list[int], sizes: list[int], input_size: int = 3) -> Clockwork
     return ClockworkCell(input_size, sizes, periods).double()
 
 
-def test_module_changes_only_on_its_ticks() -> None:
-    periods = [1, 2, 4, 8]
+@pytest.mark.parametrize("periods", [[1, 2, 4, 8], [1, 3, 5, 6], [2, 3, 4, 7]])
+def test_module_changes_only_on_its_ticks(periods: list[int]) -> None:
     layer = cell(periods, [2, 2, 2, 2])
     x = torch.randn(2, 20, 3, dtype=torch.double)
     h0 = torch.randn(2, 8, dtype=torch.double)
