@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -19,6 +20,36 @@ from app.errors import from_engine_error
 logger = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
+
+
+def sse_openapi(*events: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI 3.1 ``schema`` of an event stream, which describes one event: its ``data`` is
+    ``[DONE]`` or JSON matching one of ``events`` or the error shape.
+
+    Nested models are referenced in ``#/components/schemas``, where FastAPI puts every model a
+    route names as a body or response (a test checks that every reference resolves).
+    """
+    template = "#/components/schemas/{model}"
+    payloads: list[dict[str, Any]] = []
+    for model in events:
+        schema = model.model_json_schema(ref_template=template)
+        schema.pop("$defs", None)
+        payloads.append(schema)
+    payloads.append({"$ref": template.format(model="ErrorResponse")})
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": {
+                "type": "string",
+                "if": {"const": "[DONE]"},
+                "else": {
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"anyOf": payloads},
+                },
+            }
+        },
+    }
 
 
 def sse_event(payload: Any) -> bytes:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from app.deps import ServicesDep
+from app.disconnect import cancel_on_disconnect
 from app.errors import ErrorResponse
 from app.schemas.generate import (
     Completion,
@@ -17,7 +18,7 @@ from app.schemas.generate import (
     GenerateStreamEvent,
     GenerateUsage,
 )
-from app.sse import SSEResponse
+from app.sse import SSEResponse, sse_openapi
 from app.streams import CompletionStreams
 
 router = APIRouter(prefix="/v1", tags=["generate"])
@@ -26,7 +27,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)
 }
 _ERRORS[200] = {
-    "content": {"text/event-stream": {"schema": GenerateStreamEvent.model_json_schema()}},
+    "content": {
+        "text/event-stream": {"schema": sse_openapi(GenerateStreamEvent, GenerateStreamEnd)}
+    },
     "description": "JSON, or with stream: true Server-Sent Events",
 }
 
@@ -58,7 +61,7 @@ async def _events(
 
 @router.post("/generate", responses=_ERRORS, response_model=GenerateResponse)
 async def generate(
-    request: GenerateRequest, services: ServicesDep
+    request: GenerateRequest, services: ServicesDep, http_request: Request
 ) -> GenerateResponse | SSEResponse:
     """Generate ``n`` completions; the same seed gives the same text."""
     request.check_limits(services.limits)
@@ -76,7 +79,7 @@ async def generate(
     )
     if request.stream:
         return SSEResponse(_events(streams, request))
-    finished = await streams.collect()
+    finished = await cancel_on_disconnect(http_request, streams.collect())
     completions = [
         Completion(
             index=i,

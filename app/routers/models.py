@@ -11,14 +11,14 @@ from app.schemas.models import ModelCard, ModelDetails, ModelList
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-@router.get("/models")
+@router.get("/models", responses={401: {"model": ErrorResponse}})
 async def list_models(services: ServicesDep) -> ModelList:
     """Every checkpoint of the models folder, ready or unavailable (OpenAI's list shape)."""
     entries = services.store.entries.values()
     return ModelList(data=[ModelCard.of(e) for e in entries])
 
 
-@router.get("/models/{model_id}", responses={404: {"model": ErrorResponse}})
+@router.get("/models/{model_id}", responses={c: {"model": ErrorResponse} for c in (401, 404)})
 async def get_model(model_id: str, services: ServicesDep) -> ModelDetails:
     """Architecture, sizes, parameter count, vocabulary size and training summary."""
     return ModelDetails.of(services.store.find(model_id))
