@@ -1,0 +1,201 @@
+"""What the reliability tests and scripts share: tiny real checkpoints, hostile model files, a
+real ``charlm-serve`` process on 127.0.0.1 and a way to read its memory.
+
+Nothing here downloads anything; every server listens on 127.0.0.1 on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import torch
+from safetensors.torch import save_file
+
+from models.checkpoint import save_checkpoint
+from models.config import ModelConfig
+from models.registry import build_model
+from models.vocab import BOS_ID, CharVocab
+
+REPO = Path(__file__).resolve().parents[2]
+GOOD_MODEL = "tiny"
+
+
+def make_corpus(lines: int = 300) -> str:
+    """A small generated text: a few words, digits and punctuation, repeated with variation."""
+    words = ["alpha", "beta", "gamma", "delta"]
+    rows = [f"{words[i % 4]} {i % 7} {words[i % 4][::-1]}." for i in range(lines)]
+    return "\n".join(rows) + "\n"
+
+
+def train_tiny_model(
+    corpus: str, steps: int = 60, hidden_size: int = 32, seed: int = 0
+) -> tuple[torch.nn.Module, CharVocab]:
+    """A one-layer LSTM fitted for ``steps`` Adam steps on random BOS-led windows (a second)."""
+    torch.manual_seed(seed)
+    vocab = CharVocab.from_text(corpus)
+    config = ModelConfig(
+        arch="lstm", vocab_size=len(vocab), embed_size=16, hidden_size=hidden_size, num_layers=1
+    )
+    model = build_model(config)
+    data = torch.tensor(vocab.encode(corpus), dtype=torch.long)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    window, batch = 32, 16
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - window - 1, (batch,))
+        rows = torch.stack([data[s : s + window + 1] for s in starts.tolist()])  # (B, T+1)
+        inputs = torch.cat([torch.full((batch, 1), BOS_ID), rows[:, :-1]], dim=1)  # (B, T+1)
+        targets = torch.cat([rows[:, :1], rows[:, 1:]], dim=1)  # (B, T+1)
+        logits, _ = model(inputs, model.initial_state(batch))  # (B, T+1, V)
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, len(vocab)), targets.reshape(-1)
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return model, vocab
+
+
+def write_good_model(folder: Path, name: str = GOOD_MODEL, steps: int = 60) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model, vocab = train_tiny_model(make_corpus(), steps=steps)
+    path = folder / f"{name}.safetensors"
+    save_checkpoint(path, model, vocab, training={"step": steps, "corpus": "generated"})  # type: ignore[arg-type]
+    return path
+
+
+def write_bidirectional_model(folder: Path, name: str = "bi") -> Path:
+    """An untrained one-layer ``bilstm`` over the same vocabulary: it scores (pll) and infills."""
+    torch.manual_seed(1)
+    vocab = CharVocab.from_text(make_corpus())
+    config = ModelConfig(
+        arch="bilstm", vocab_size=len(vocab), embed_size=8, hidden_size=16, num_layers=1
+    )
+    path = folder / f"{name}.safetensors"
+    save_checkpoint(path, build_model(config).eval(), vocab)
+    return path
+
+
+class _Marker:
+    """Unpickling this object runs ``os.mkdir(marker)``: proof that a loader executed it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.mkdir, (str(self.marker),))
+
+
+@dataclass
+class HostileFiles:
+    """The bad checkpoints written by ``write_hostile_models`` and the pickle's marker file."""
+
+    names: dict[str, str] = field(default_factory=dict)  # model id -> what is wrong with it
+    marker: Path = Path()
+
+
+def write_hostile_models(folder: Path, good: Path, marker: Path) -> HostileFiles:
+    """Beside ``good``: a truncated copy, random bytes, a safetensors file whose metadata is not
+    a charlm checkpoint's (and one with a corrupt model config), and a pickle renamed to
+    ``.safetensors`` whose payload would create ``marker`` if it were ever unpickled."""
+    data = good.read_bytes()
+    (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (folder / "random.safetensors").write_bytes(os.urandom(4096))
+    save_file({"w": torch.zeros(3)}, str(folder / "foreign.safetensors"), {"format": "pt"})
+    meta = {
+        "charlm.format": "charlm-checkpoint",
+        "charlm.format_version": "1",
+        "charlm.model_config": '{"arch": "no-such-arch", "vocab_size": -3}',
+        "charlm.vocab": "[not json",
+    }
+    save_file({"w": torch.zeros(3)}, str(folder / "wrongmeta.safetensors"), meta)
+    payload = pickle.dumps({"weights": _Marker(marker)})
+    (folder / "pickled.safetensors").write_bytes(payload)
+    # the same payload as a torch.save file (a zip holding data.pkl), also renamed
+    torch.save({"weights": _Marker(marker)}, folder / "torchsave.safetensors")
+    return HostileFiles(
+        names={
+            "truncated": "truncated file",
+            "random": "random bytes",
+            "foreign": "safetensors without charlm metadata",
+            "wrongmeta": "charlm metadata that is invalid",
+            "pickled": "a pickle renamed to .safetensors",
+            "torchsave": "a torch.save zip renamed to .safetensors",
+        },
+        marker=marker,
+    )
+
+
+# ---------------------------------------------------------------------------- live servers
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def start_server(models_dir: Path, log_path: Path, timeout_s: float = 90.0, **env: str) -> Server:
+    """``charlm-serve`` (``python -m app.cli``) on a free port of 127.0.0.1; waits for /ready."""
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CHARLM_")}
+    environ.update({"CHARLM_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1", **env})
+    args = [sys.executable, "-m", "app.cli", "--models-dir", str(models_dir)]
+    args += ["--host", "127.0.0.1", "--port", str(port)]
+    handle = log_path.open("wb")
+    process = subprocess.Popen(args, cwd=REPO, env=environ, stdout=handle, stderr=subprocess.STDOUT)
+    handle.close()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log_path.read_text()}")
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return Server(url, process, log_path)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    process.wait()
+    raise RuntimeError(f"server did not become ready:\n{log_path.read_text()}")
+
+
+def stop_server(server: Server, timeout_s: float = 20.0) -> int:
+    """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+    if server.process.poll() is None:
+        server.process.terminate()
+    try:
+        return server.process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        return server.process.wait(timeout=10)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
