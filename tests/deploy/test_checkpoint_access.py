@@ -8,8 +8,10 @@ training does and read it back from a forked child that has dropped to that user
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,9 +75,21 @@ def _read_as(uid: int, path: Path) -> tuple[int, str]:
             os.write(write_end, message.encode()[:4000])
             os._exit(code)
     os.close(write_end)
+    # a forked child of a threaded process could in principle block on a lock it inherited;
+    # never let that hang the suite
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read_end)
+            pytest.fail("the child reading the checkpoint did not finish within 60 s")
+        time.sleep(0.02)
     with os.fdopen(read_end, "rb") as pipe:
         message = pipe.read().decode()
-    _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), message
 
 
