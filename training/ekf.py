@@ -68,10 +68,12 @@ class DecoupledEKF:
             dim=1,
         )
         self.embed_index = off_e + torch.arange(vocab).unsqueeze(1) * embed + torch.arange(embed)
-        dtype = w.w_hh.dtype
+        dtype, device = w.w_hh.dtype, w.w_hh.device
+        self.hidden_index = self.hidden_index.to(device)
+        self.embed_index = self.embed_index.to(device)
 
         def eye(groups: int, size: int) -> Tensor:
-            return torch.eye(size, dtype=dtype).expand(groups, size, size).clone()
+            return torch.eye(size, dtype=dtype, device=device).expand(groups, size, size).clone()
 
         self.cov_hidden = eye(hidden, self.hidden_index.shape[1]) * initial_covariance
         self.cov_embed = eye(vocab, embed) * initial_covariance
@@ -85,7 +87,7 @@ class DecoupledEKF:
         h, sens = h[0], sens[0]
         logits = w.head_w @ h + w.head_b  # (V,)
         y = torch.softmax(logits, dim=0)
-        loss = float(F.cross_entropy(logits.unsqueeze(0), torch.tensor([target])))
+        loss = float(F.cross_entropy(logits.unsqueeze(0), torch.tensor([target], device=h.device)))
         dy = torch.diag(y) - torch.outer(y, y)  # (V, V): d softmax / d logits
         jac_theta = dy @ w.head_w @ sens  # (V, P): dy / dtheta through h
         jac_hidden = jac_theta[:, self.hidden_index].permute(1, 0, 2)  # (H, V, n)
@@ -99,7 +101,7 @@ class DecoupledEKF:
             (jac_output, self.cov_output),
         ]
         vocab = y.shape[0]
-        innovation = torch.eye(vocab, dtype=y.dtype) * self.noise
+        innovation = torch.eye(vocab, dtype=y.dtype, device=y.device) * self.noise
         products = []
         for jac, cov in families:
             hp = torch.bmm(jac, cov)  # (G, V, n): H_g P_g

@@ -96,7 +96,10 @@ def _chunks(
 def design_matrix(model: EchoStateLM, states: Tensor, inputs: Tensor) -> Tensor:
     """Z = [x_t; u_t; 1] (M, N + V + 1)."""
     features = model.features(states, inputs)
-    return torch.cat([features, torch.ones(features.shape[0], 1, dtype=features.dtype)], dim=1)
+    return torch.cat(
+        [features, torch.ones(features.shape[0], 1, dtype=features.dtype, device=features.device)],
+        dim=1,
+    )
 
 
 @torch.no_grad()

@@ -132,7 +132,7 @@ def rtrl_gradients(
         logits = h @ weights.head_w.T + weights.head_b  # (B, V)
         total += F.cross_entropy(logits, targets[:, t], reduction="sum")
         delta = torch.softmax(logits, dim=-1)
-        delta[torch.arange(batch), targets[:, t]] -= 1.0  # dL/dlogits, (B, V)
+        delta[torch.arange(batch, device=h.device), targets[:, t]] -= 1.0  # dL/dlogits, (B, V)
         delta *= scale
         head_w_grad += delta.T @ h
         head_b_grad += delta.sum(0)
