@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from app.deps import ServicesDep
 from app.errors import APIError, ErrorResponse
 from app.schemas.infill import (
+    MAX_INFILL_WORK,
     MAX_MASKED_CHARS,
     Candidate,
     Gap,
@@ -45,6 +46,15 @@ async def infill(request: InfillRequest, services: ServicesDep) -> InfillRespons
             f"text has {masked} masked characters; at most {MAX_MASKED_CHARS} per request",
             param="text",
             code="too_many_masked_chars",
+        )
+    if masked * len(request.text) > MAX_INFILL_WORK:
+        raise APIError(
+            413,
+            f"{masked} masked characters in a text of {len(request.text)} is too much work for"
+            f" one request (masked x length must stay under {MAX_INFILL_WORK:,});"
+            " send a shorter text around the gaps",
+            param="text",
+            code="infill_too_large",
         )
     try:
         # the forward passes run off the event loop; eval-mode inference is thread-safe

@@ -9,6 +9,8 @@ from app.schemas.common import TEXT_LIMIT, Limits, ModelId, StrictModel, Text, c
 MAX_INFILL_TOP_K = 20
 #: masked characters in one request: each costs a few forward passes over the whole text
 MAX_MASKED_CHARS = 256
+#: masked characters x text length: bounds the work of one request (about 4 passes per gap)
+MAX_INFILL_WORK = 1_000_000
 
 
 class InfillRequest(StrictModel):

@@ -86,6 +86,9 @@ def test_infill_errors_say_why(client: TestClient) -> None:
     error_of(client.post("/v1/infill", json={"model": "both", "text": "a_", "extra": 1}), 422)
     error = error_of(client.post("/v1/infill", json={"model": "both", "text": "_" * 300}), 413)
     assert error["code"] == "too_many_masked_chars"
+    long_text = "_" * 200 + "alpha " * 1000
+    error = error_of(client.post("/v1/infill", json={"model": "both", "text": long_text}), 413)
+    assert error["code"] == "infill_too_large" and "shorter text" in error["message"]
 
 
 def test_score_defaults_to_pll_for_bidirectional_models(client: TestClient, folder: Path) -> None:
