@@ -115,6 +115,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 3e-3,
         "dropout": 0.0,
         "eval_interval": 100,
+        "max_steps": 1000,
     },
     # the service's default model: minutes on a 2-core CPU
     "small": {
@@ -126,6 +127,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 3e-3,
         "dropout": 0.0,
         "eval_interval": 200,
+        "max_steps": 5000,
     },
     # a GPU or a long CPU run
     "medium": {
@@ -137,6 +139,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 2e-3,
         "dropout": 0.2,
         "eval_interval": 500,
+        "max_steps": 20000,
     },
 }
 
