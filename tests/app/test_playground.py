@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,37 @@ def test_heat_map_renders_with_hover_details(browser_page: Any, tmp_path: Path) 
     assert "'t' at 2" in tooltip and "logprob -" in tooltip and "top alternatives" in tooltip
     if os.environ.get("CHARLM_SCREENSHOT_DIR"):
         page.screenshot(path=str(Path(os.environ["CHARLM_SCREENSHOT_DIR"]) / "playground.png"))
+
+
+def test_stop_button_cancels_the_generation(browser_page: Any, live_server: LiveServer) -> None:
+    page = browser_page
+    page.fill("#prompt", "a")
+    page.fill("#max-chars", "4096")
+    page.fill("#temperature", "1")
+    page.click("#generate")
+    page.wait_for_function(
+        "+document.querySelector('#generate-status').dataset.chunks > 3", timeout=30_000
+    )
+    page.click("#stop-button")
+    page.wait_for_function(
+        "document.querySelector('#generate-status').dataset.state === 'failed'", timeout=30_000
+    )
+    assert page.text_content("#generate-status") == "stopped"
+    assert len(page.text_content("#output-text")) < 4096
+    assert page.is_enabled("#generate")
+    # the server saw the browser go away and stopped generating for it
+    deadline = time.monotonic() + 30
+    while active_generations(live_server) != 0:
+        assert time.monotonic() < deadline, "generation kept running after Stop"
+        time.sleep(0.05)
+
+
+def active_generations(server: LiveServer) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=30).text
+    for line in text.splitlines():
+        if line.startswith('charlm_generations_active{model="tiny"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def test_errors_are_shown(browser_page: Any) -> None:
