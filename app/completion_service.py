@@ -132,12 +132,21 @@ async def complete(
     assert entry.engine is not None and entry.checkpoint is not None
     opened = await _open_streams(entry, metrics, request)
     vocab = entry.checkpoint.vocab
-    per_prompt = await asyncio.gather(
-        *(
+    tasks = [
+        asyncio.ensure_future(
             _prompt_choices(entry.engine, vocab, prompt, p * request.n, streams, request)
-            for p, (prompt, streams) in enumerate(zip(request.prompts(), opened, strict=True))
         )
-    )
+        for p, (prompt, streams) in enumerate(zip(request.prompts(), opened, strict=True))
+    ]
+    try:
+        per_prompt = await asyncio.gather(*tasks)
+    finally:
+        # on an error or a disconnect, no prompt keeps generating for nobody
+        for task in tasks:
+            task.cancel()
+        for streams in opened:
+            if streams is not None:
+                await streams.aclose()
     choices = [c for group in per_prompt for c in group]
     if request.logprobs is not None:
         metrics.chars_scored.labels(entry.id).inc(sum(len(c.text) for c in choices))

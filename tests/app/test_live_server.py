@@ -175,12 +175,20 @@ def test_charlm_serve_rejects_bad_settings(models_dir: Path) -> None:
     assert "invalid settings" in result.stderr and "max_queue" in result.stderr
 
 
-def test_disconnect_cancels_a_whole_reply_generation(live_server: LiveServer) -> None:
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/generate", {"prompt": "b", "max_chars": 4096, "n": 16}),
+        ("/v1/completions", {"prompt": ["b", "c"], "max_tokens": 4096, "n": 8}),
+    ],
+)
+def test_disconnect_cancels_a_whole_reply_generation(
+    live_server: LiveServer, path: str, body: dict[str, object]
+) -> None:
     """Without streaming too, a client that gives up stops the work done for it."""
-    body = {"prompt": "b", "max_chars": 4096, "n": 16, "temperature": 1.0}
     before = engine_metrics(live_server)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(live_server.url + "/v1/generate", json=body, timeout=1.0)
+        httpx.post(live_server.url + path, json=body, timeout=1.0)
     deadline = time.monotonic() + 30
     while engine_metrics(live_server)["charlm_generations_active"] != 0:
         assert time.monotonic() < deadline, "generation kept running after the client left"
@@ -188,6 +196,6 @@ def test_disconnect_cancels_a_whole_reply_generation(live_server: LiveServer) ->
     generated = engine_metrics(live_server)["charlm_chars_generated_total"]
     assert generated - before.get("charlm_chars_generated_total", 0) < 16 * 4096
     deadline = time.monotonic() + 20
-    while "POST /v1/generate 499" not in live_server.log():
+    while f"POST {path} 499" not in live_server.log():
         assert time.monotonic() < deadline, live_server.log()[-2000:]
         time.sleep(0.05)
