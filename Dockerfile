@@ -76,9 +76,12 @@ COPY pyproject.toml README* ./
 COPY models ./models
 COPY training ./training
 COPY app ./app
+# Built with the environment's own setuptools (no isolated build environment to download),
+# which keeps rebuilds after a code edit short.
 # hadolint ignore=DL3042
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip wheel --no-deps --wheel-dir /dist .
+    pip install "setuptools>=68" \
+    && pip wheel --no-deps --no-build-isolation --wheel-dir /dist .
 
 # ---- runtime: the virtual environment on a clean base, no build files, no compilers ----------
 FROM python:3.11-slim
