@@ -10,6 +10,12 @@ Infilling: the characters marked by a mask character are chosen to maximise each
 given all the others, by iterated conditional modes (Besag 1986): a left-to-right pass picks each
 gap character given what is filled so far, then sweeps re-pick each one given the rest until no
 choice changes (or a sweep limit is hit). Each pick is one forward pass over the text.
+
+Alternatives per gap (``top_k``): a beam search over the gap's characters, left to right. At each
+position every beam proposes its ``k`` likeliest characters, and the expanded beams are ranked by
+the pseudo-log-likelihood of the whole text with that gap filled so (one batched pass per step);
+the best ``k`` go on. The gap is filled with the best alternative, which is at least as good as the
+iterated-conditional-modes fill it starts from.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from models.scoring import TextScore, chunk_length
 from models.vocab import BOS_ID, UNK_ID, CharVocab
 
 MAX_SWEEPS = 3
+#: beams kept per gap when alternatives are asked for
+MAX_ALTERNATIVES = 5
 
 
 class InfillError(ValueError):
@@ -111,6 +119,8 @@ class FilledGap:
     text: str
     #: per masked position: (character, probability) best first, given the final fill
     candidates: list[list[tuple[str, float]]] = field(default_factory=list)
+    #: other fills of the whole gap with the text's pseudo-log-likelihood, best first
+    alternatives: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -134,6 +144,33 @@ def _conditionals(model: CharLM, ids: Tensor, specials: bool = False) -> Tensor:
     logits[:, UNK_ID] = float("-inf")
     logits[:, BOS_ID] = float("-inf")
     return torch.log_softmax(logits, dim=-1)
+
+
+def _plls(model: CharLM, streams: Tensor) -> Tensor:
+    """(B,) pseudo-log-likelihood of each stream (B, T), every character after BOS counted."""
+    logits, _ = model(streams)
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logprobs.gather(-1, streams[:, 1:].unsqueeze(-1)).squeeze(-1).sum(dim=1)
+
+
+def _beam_search_gap(
+    model: CharLM, stream: Tensor, positions: list[int], width: int
+) -> tuple[Tensor, Tensor]:
+    """The ``width`` best fills of the stream ``positions`` (one gap): streams (b, T), PLLs (b,)."""
+    beams = stream.unsqueeze(0)  # (1, T), the current fill first
+    scores = _plls(model, beams)
+    for pos in positions:
+        logits, _ = model(beams)
+        proposals = logits[:, pos - 1].float()  # (b, V): row pos - 1 predicts stream[pos]
+        proposals[:, [UNK_ID, BOS_ID]] = float("-inf")
+        top = proposals.topk(min(width, proposals.shape[-1] - 2), dim=-1).indices  # (b, w)
+        expanded = beams.repeat_interleave(top.shape[1], dim=0)
+        expanded[:, pos] = top.reshape(-1)
+        expanded = torch.cat([beams, expanded]).unique(dim=0)  # keep the beams themselves too
+        scores = _plls(model, expanded)
+        order = scores.argsort(descending=True)[:width]
+        beams, scores = expanded[order], scores[order]
+    return beams, scores
 
 
 @torch.inference_mode()
@@ -167,6 +204,23 @@ def infill_text(
                 changed = True
         if not changed:
             break
+    runs: list[list[int]] = []  # stream positions of each gap
+    for i in holes:
+        if runs and runs[-1][-1] == i:
+            runs[-1].append(i + 1)
+        else:
+            runs.append([i + 1])
+    alternatives: list[list[tuple[str, float]]] = []
+    if top_k:
+        for run in runs:
+            beams, scores = _beam_search_gap(model, stream, run, min(top_k, MAX_ALTERNATIVES))
+            stream = beams[0].clone()  # the best fill of this gap, given the others
+            alternatives.append(
+                [
+                    (vocab.decode(b[run].tolist()), float(s))
+                    for b, s in zip(beams, scores, strict=True)
+                ]
+            )
     final = _conditionals(model, stream)
     chars = list(text)
     for i in holes:
@@ -179,6 +233,8 @@ def infill_text(
             gap.text += chars[i]
         else:
             gap = FilledGap(start=i, text=chars[i])
+            if alternatives:
+                gap.alternatives = alternatives[len(gaps)]
             gaps.append(gap)
         if top_k:
             values, indices = final[i].topk(min(top_k, final.shape[-1] - 2))

@@ -12,10 +12,12 @@ from app.errors import APIError, ErrorResponse
 from app.schemas.infill import (
     MAX_INFILL_WORK,
     MAX_MASKED_CHARS,
+    Alternative,
     Candidate,
     Gap,
     InfillRequest,
     InfillResponse,
+    infill_work,
 )
 from models.infill import InfillError, infill_text
 
@@ -47,11 +49,12 @@ async def infill(request: InfillRequest, services: ServicesDep) -> InfillRespons
             param="text",
             code="too_many_masked_chars",
         )
-    if masked * len(request.text) > MAX_INFILL_WORK:
+    if infill_work(len(request.text), masked, request.top_k) > MAX_INFILL_WORK:
+        factor = 64 if request.top_k else 4
         raise APIError(
             413,
             f"{masked} masked characters in a text of {len(request.text)} is too much work for"
-            f" one request (masked x length must stay under {MAX_INFILL_WORK:,});"
+            f" one request (masked x length x {factor} must stay under {MAX_INFILL_WORK:,});"
             " send a shorter text around the gaps",
             param="text",
             code="infill_too_large",
@@ -68,6 +71,9 @@ async def infill(request: InfillRequest, services: ServicesDep) -> InfillRespons
             start=g.start,
             text=g.text,
             candidates=[[Candidate(char=c, prob=p) for c, p in pos] for pos in g.candidates]
+            if request.top_k
+            else None,
+            alternatives=[Alternative(text=t, pll=p) for t, p in g.alternatives]
             if request.top_k
             else None,
         )

@@ -9,8 +9,13 @@ from app.schemas.common import TEXT_LIMIT, Limits, ModelId, StrictModel, Text, c
 MAX_INFILL_TOP_K = 20
 #: masked characters in one request: each costs a few forward passes over the whole text
 MAX_MASKED_CHARS = 256
-#: masked characters x text length: bounds the work of one request (about 4 passes per gap)
-MAX_INFILL_WORK = 1_000_000
+#: characters read by the model in one request: about 4 passes over the text per masked character,
+#: and up to 64 with ``top_k`` (a beam of alternatives per gap)
+MAX_INFILL_WORK = 4_000_000
+
+
+def infill_work(text_chars: int, masked: int, top_k: int) -> int:
+    return text_chars * masked * (64 if top_k else 4)
 
 
 class InfillRequest(StrictModel):
@@ -29,7 +34,8 @@ class InfillRequest(StrictModel):
         default=0,
         ge=0,
         le=MAX_INFILL_TOP_K,
-        description="also return the k likeliest characters for every masked position",
+        description="also return, per masked position, the k likeliest characters, and per gap up"
+        " to min(k, 5) whole fills ranked by the text's pseudo-log-likelihood",
     )
 
     def check_limits(self, limits: Limits) -> None:
@@ -41,11 +47,19 @@ class Candidate(BaseModel):
     prob: float = Field(description="probability given every other character of the filled text")
 
 
+class Alternative(BaseModel):
+    text: str = Field(description="a fill of the whole gap")
+    pll: float = Field(description="pseudo-log-likelihood of the text with this fill")
+
+
 class Gap(BaseModel):
     start: int = Field(description="offset of the gap's first character, in code points")
     text: str = Field(description="the characters chosen for the gap")
     candidates: list[list[Candidate]] | None = Field(
         default=None, description="with top_k: per masked position, the likeliest characters"
+    )
+    alternatives: list[Alternative] | None = Field(
+        default=None, description="with top_k: fills of the whole gap, best (the one used) first"
     )
 
 

@@ -74,6 +74,9 @@ def test_infill_fills_the_gaps(client: TestClient) -> None:
     first = result["gaps"][0]["candidates"]
     assert len(first) == 2 and len(first[0]) == 3
     assert first[0][0]["char"] == "p" and 0.5 < first[0][0]["prob"] <= 1.0
+    alternatives = result["gaps"][0]["alternatives"]
+    assert alternatives[0]["text"] == "pl" and 1 < len(alternatives) <= 3
+    assert alternatives[0]["pll"] >= alternatives[-1]["pll"]
     assert result["pll"] < 0 and result["pll_bits_per_char"] < 1.0
 
 
@@ -86,9 +89,12 @@ def test_infill_errors_say_why(client: TestClient) -> None:
     error_of(client.post("/v1/infill", json={"model": "both", "text": "a_", "extra": 1}), 422)
     error = error_of(client.post("/v1/infill", json={"model": "both", "text": "_" * 300}), 413)
     assert error["code"] == "too_many_masked_chars"
-    long_text = "_" * 200 + "alpha " * 1000
+    long_text = "_" * 200 + "alpha " * 5000
     error = error_of(client.post("/v1/infill", json={"model": "both", "text": long_text}), 413)
     assert error["code"] == "infill_too_large" and "shorter text" in error["message"]
+    body = {"model": "both", "text": "_" * 20 + "alpha " * 600, "top_k": 2}
+    error = error_of(client.post("/v1/infill", json=body), 413)
+    assert error["code"] == "infill_too_large" and "x 64" in error["message"]
 
 
 def test_score_defaults_to_pll_for_bidirectional_models(client: TestClient, folder: Path) -> None:

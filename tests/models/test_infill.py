@@ -72,6 +72,21 @@ def test_multi_character_gap(trained) -> None:  # type: ignore[no-untyped-def]
     result = infill_text(model, vocab, "alpha 1 ah__a.\nbeta 2 ateb.\n")
     assert result.text.startswith("alpha 1 ahpla.")
     assert [(g.start, g.text) for g in result.gaps] == [(10, "pl")]
+    assert result.gaps[0].alternatives == []  # only with top_k
+
+
+def test_gap_alternatives_are_ranked_whole_fills(trained) -> None:  # type: ignore[no-untyped-def]
+    model, vocab = trained
+    plain = infill_text(model, vocab, "gamma 5 am___.\n")
+    result = infill_text(model, vocab, "gamma 5 am___.\n", top_k=3)
+    (gap,) = result.gaps
+    texts = [text for text, _ in gap.alternatives]
+    scores = [score for _, score in gap.alternatives]
+    assert len(texts) == 3 and len(set(texts)) == 3 and all(len(t) == 3 for t in texts)
+    assert texts[0] == gap.text == "mag"
+    assert scores == sorted(scores, reverse=True)
+    assert scores[0] == pytest.approx(result.pll, abs=1e-3)  # the fill is the best alternative
+    assert result.pll >= plain.pll - 1e-4  # the beam never does worse than the sweeps
 
 
 def test_pll_prefers_real_text(trained) -> None:  # type: ignore[no-untyped-def]
