@@ -73,7 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, dependencies=secured)
 
     # middleware: the last added runs first (request ids wrap everything)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        body_timeout_s=settings.body_timeout_s,
+    )
     app.add_middleware(AdmissionMiddleware, engines=store.engines)  # 429 early when all are full
     if settings.cors_origins:
         app.add_middleware(

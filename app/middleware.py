@@ -6,6 +6,7 @@ pass through untouched.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import re
@@ -92,16 +93,18 @@ class RequestContextMiddleware:
 
 
 class BodyLimitMiddleware:
-    """413 for a body over ``max_bytes``, before any of it is parsed.
+    """413 for a body over ``max_bytes``, before any of it is parsed; 408 for a body that has not
+    fully arrived within ``body_timeout_s`` (a client trickling bytes holds no connection for ever).
 
     A declared ``Content-Length`` over the limit is refused without reading; otherwise the body is
     read up to the limit (chunked uploads too) and replayed to the app. Later ``receive`` calls go
     to the server, so disconnects still reach streaming responses.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: str) -> None:
         response = error_response(
@@ -131,18 +134,31 @@ class BodyLimitMiddleware:
                 return
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # disconnect before the body ended
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send, f"over {self.max_bytes} bytes")
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":  # disconnect before the body ended
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        await self._refuse(scope, receive, send, f"over {self.max_bytes} bytes")
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            response = error_response(
+                408,
+                f"the request body did not arrive within {self.body_timeout_s:g} s ({size} bytes"
+                " received; CHARLM_BODY_TIMEOUT_S)",
+                param="body",
+                code="request_timeout",
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
         body = b"".join(chunks)
         replayed = False
 

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
 
     # limits
     max_request_bytes: int = Field(default=1_000_000, ge=1, description="413 above this body size")
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="408 when a request body takes longer to arrive"
+    )
     max_text_chars: int = Field(
         default=100_000, ge=1, description="413 above this many chars in a text"
     )
