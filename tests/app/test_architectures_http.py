@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,10 +10,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from app.engine import ModelEngine
 from app.main import create_app
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import ModelConfig
 from models.registry import available_architectures, build_model, model_class
+from models.sampling import SamplingParams
 from models.scoring import score_texts
 from models.vocab import CharVocab
 from tests.app.conftest import make_settings
@@ -68,3 +71,27 @@ def test_every_architecture_is_served(client: TestClient, folder: Path, arch: st
         assert response.json()["mode"] == "pll"
         response = client.post("/v1/generate", json={"model": arch, "prompt": "a"})
         assert response.status_code == 400
+
+
+async def _complete(engine: ModelEngine, prompt: str, chars: int) -> str:
+    text = ""
+    async for chunk in engine.generate(prompt, chars, SamplingParams(temperature=0.0)):
+        text += chunk.text
+    return text
+
+
+def test_clockwork_rows_at_different_clock_phases_batch_correctly(folder: Path) -> None:
+    """Prompts of different lengths put the rows of one engine batch at different clock phases."""
+    path = folder / "clockwork.safetensors"
+    engine = ModelEngine("cw", load_checkpoint(path), max_batch_size=8)
+    prompts = ["a", "bc", "abcde", "hgfedcba.\nab", ""]
+
+    async def run() -> list[str]:
+        await engine.start()
+        try:
+            return list(await asyncio.gather(*(_complete(engine, p, 30) for p in prompts)))
+        finally:
+            await engine.stop()
+
+    for prompt, text in zip(prompts, asyncio.run(run()), strict=True):
+        assert text == argmax_path(path, prompt, 30), prompt
