@@ -75,6 +75,7 @@ class ClockworkCell(nn.Module):
             for i, size in enumerate(self.module_sizes)
         )
         self.bias = nn.Parameter(torch.zeros(hidden))
+        self._matrix_cache: tuple[tuple[tuple[int, int], ...], Tensor] | None = None
         # (g,) periods and (H,) module index of each unit, for the per-row activity masks
         self.register_buffer(
             "_periods", torch.tensor(self.periods, dtype=torch.long), persistent=False
@@ -98,7 +99,19 @@ class ClockworkCell(nn.Module):
         nn.init.zeros_(self.bias)
 
     def recurrent_matrix(self) -> Tensor:
-        """The (H, H) block upper-triangular recurrent matrix (zeros where faster modules are)."""
+        """The (H, H) block upper-triangular recurrent matrix (zeros where faster modules are).
+
+        Without autograd (inference) it is built once and reused until a block changes (its
+        storage or version counter moves); with autograd it is rebuilt so gradients reach the
+        blocks."""
+        if torch.is_grad_enabled():
+            return self._build_matrix()
+        key = tuple((p.data_ptr(), p._version) for p in self.recurrent_blocks)
+        if self._matrix_cache is None or self._matrix_cache[0] != key:
+            self._matrix_cache = (key, self._build_matrix())
+        return self._matrix_cache[1]
+
+    def _build_matrix(self) -> Tensor:
         hidden = self.hidden_size
         rows = [
             nn.functional.pad(block, (self.offsets[i], 0))
@@ -127,15 +140,7 @@ class ClockworkCell(nn.Module):
             # (B, T, H): every module's input term and bias at once, split per step once (slicing
             # a (B, T, H) tensor at every step would cost a full-size gradient buffer per step)
             drive = list(nn.functional.linear(x, self.input_weights, self.bias).unbind(1))
-        # the clock schedule of the whole call at once: (B, T, g) active modules per row and step
-        clock = step.unsqueeze(1) + torch.arange(steps, device=step.device)  # (B, T)
-        active = (clock.unsqueeze(-1) % self._periods) == 0
-        any_active = active.any(dim=0)  # (T, g)
-        # modules up to the last one any row needs: the prefix computed at each step
-        last = torch.where(any_active, torch.arange(len(self.periods), device=step.device), -1)
-        counts = (last.max(dim=1).values + 1).tolist()
-        uniform = (active == active[:1]).all(dim=0).all(dim=-1)  # (T,): rows agree
-        exact = (uniform & (any_active.cumprod(dim=1).sum(dim=1) == any_active.sum(dim=1))).tolist()
+        counts, exact, active = self._schedule(step, steps)
         rows_of: dict[int, Tensor] = {}  # cut -> matrix[:cut].T, sliced once per call
         outputs = []
         for t in range(steps):
@@ -152,11 +157,36 @@ class ClockworkCell(nn.Module):
                 base = self.bias[:cut].expand(h.shape[0], cut)
             updated = torch.tanh(torch.addmm(base, h, rows_of[cut]))  # (B, cut): rows computed
             if not exact[t]:  # rows at other phases, or a period that does not divide the next
-                unit_active = active[:, t, self._unit_module[:cut]]  # (B, cut)
+                unit_active = active[:, t, self._unit_module[:cut]]  # (B or 1, cut)
                 updated = torch.where(unit_active, updated, h[:, :cut])
             h = torch.cat([updated, h[:, cut:]], dim=1) if cut < self.hidden_size else updated
             outputs.append(h)
         return torch.stack(outputs, dim=1), h, step + steps
+
+    def _schedule(self, step: Tensor, steps: int) -> tuple[list[int], list[bool], Tensor]:
+        """The clock schedule of a whole call: per step, how many leading modules to compute, and
+        whether exactly those are active in every row (no mask needed); and the (B or 1, T, g)
+        activity of each module."""
+        if step.numel() and bool((step == step[0]).all()):
+            # one clock for the batch (training, one stream): plain integers, no tensor work
+            start = int(step[0])
+            ticks = [[(start + t) % p == 0 for p in self.periods] for t in range(steps)]
+            counts, exact = [], []
+            for row in ticks:
+                count = max((i + 1 for i, tick in enumerate(row) if tick), default=0)
+                counts.append(count)
+                exact.append(all(row[:count]))
+            active = torch.tensor(ticks, dtype=torch.bool, device=step.device).unsqueeze(0)
+            return counts, exact, active
+        clock = step.unsqueeze(1) + torch.arange(steps, device=step.device)  # (B, T)
+        active = (clock.unsqueeze(-1) % self._periods) == 0  # (B, T, g)
+        any_active = active.any(dim=0)  # (T, g)
+        # modules up to the last one any row needs: the prefix computed at each step
+        last = torch.where(any_active, torch.arange(len(self.periods), device=step.device), -1)
+        counts = (last.max(dim=1).values + 1).tolist()
+        uniform = (active == active[:1]).all(dim=0).all(dim=-1)  # (T,): rows agree
+        prefix = any_active.cumprod(dim=1).sum(dim=1) == any_active.sum(dim=1)
+        return counts, (uniform & prefix).tolist(), active
 
     def extra_repr(self) -> str:
         return f"input_size={self.input_size}, modules={self.module_sizes}, periods={self.periods}"

@@ -101,3 +101,16 @@ def test_checkpoint_round_trip_keeps_the_clock(tmp_path) -> None:  # type: ignor
         b, sb = loaded(ids)
     torch.testing.assert_close(a, b)
     assert sb[1].tolist() == [11, 11]
+
+
+def test_inference_reuses_the_matrix_until_a_block_changes() -> None:
+    layer = cell([1, 2], [3, 2])
+    with torch.no_grad():
+        first = layer.recurrent_matrix()
+        assert layer.recurrent_matrix() is first
+        layer.recurrent_blocks[1].add_(1.0)  # an optimizer step or load_state_dict does this
+        second = layer.recurrent_matrix()
+        assert second is not first
+        torch.testing.assert_close(second[3:, 3:], layer.recurrent_blocks[1])
+    with torch.enable_grad():
+        assert layer.recurrent_matrix().requires_grad
