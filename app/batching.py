@@ -17,52 +17,63 @@ from app.engine_requests import GenerationRequest
 from models.base import CharLM, State, concat_states, select_state
 
 
+def staircase(
+    model: CharLM, inputs: Sequence[np.ndarray], states: Sequence[State | None]
+) -> list[tuple[State, Tensor]]:
+    """Run each row over its own ids (lengths may differ), all rows in one batch.
+
+    Rows are sorted longest first; one forward covers the steps every still-active row has, then
+    the rows whose input ends there drop out (they must not read padding: that would change their
+    recurrent state). So ``k`` distinct lengths cost ``k`` forwards of shrinking batches and no
+    step is wasted. Returns, per row in the given order, its state after its last id (1 row) and
+    its logits ``(T_i, V)``.
+    """
+    lengths = [len(ids) for ids in inputs]
+    order = sorted(range(len(inputs)), key=lambda i: -lengths[i])
+    device = model.device
+    padded = np.zeros((len(inputs), lengths[order[0]]), dtype=np.int64)  # (R, T)
+    for slot, i in enumerate(order):
+        padded[slot, : lengths[i]] = inputs[i]
+    ids = torch.from_numpy(padded).to(device)
+    fresh = model.initial_state(1, device)
+    state = concat_states([s if (s := states[i]) is not None else fresh for i in order])
+    pieces: list[list[Tensor]] = [[] for _ in inputs]
+    out: list[tuple[State, Tensor] | None] = [None] * len(inputs)
+    start = 0
+    for end in sorted(set(lengths)):
+        active = sum(1 for n in lengths if n >= end)  # a prefix of ``order``
+        state = tuple(s[:active] for s in state)
+        logits, state = model(ids[:active, start:end], state)  # (active, t, V)
+        for slot in range(active):
+            i = order[slot]
+            pieces[i].append(logits[slot])
+            if lengths[i] == end:
+                row_state = tuple(s[slot : slot + 1].clone() for s in state)
+                out[i] = (row_state, torch.cat(pieces[i]) if len(pieces[i]) > 1 else pieces[i][0])
+        start = end
+    return [o for o in out if o is not None]
+
+
 def advance_prompts(
     model: CharLM, rows: Sequence[GenerationRequest], max_steps: int
 ) -> list[tuple[GenerationRequest, State, Tensor]]:
     """Feed each row up to ``max_steps`` more of its prompt ids, all rows in one staircase.
 
-    Rows are sorted longest segment first; one forward covers the steps that every still-active
-    row has, then the rows whose segment ends there drop out (they must not read padding: that
-    would change their recurrent state). So ``k`` distinct segment lengths cost ``k`` forwards of
-    shrinking batches and no step is wasted. Returns ``(row, state (1 row), logits (V,))`` for the
-    rows whose prompt is now fully read; the others keep their partial state for the next call.
+    Returns ``(row, state (1 row), logits (V,))`` for the rows whose prompt is now fully read;
+    the others keep their partial state for the next call.
     """
     if not rows:
         return []
-    segments = [min(len(r.ids) - r.prompt_pos, max_steps) for r in rows]
-    order = sorted(range(len(rows)), key=lambda i: -segments[i])
-    longest = segments[order[0]]
-    ids = np.zeros((len(rows), longest), dtype=np.int64)  # (R, T); the tail of short rows unread
-    for slot, i in enumerate(order):
-        row = rows[i]
-        ids[slot, : segments[i]] = row.ids[row.prompt_pos : row.prompt_pos + segments[i]]
-    device = model.device
-    batch_ids = torch.from_numpy(ids).to(device)
-    states = [
-        rows[i].prompt_state if rows[i].prompt_state is not None else model.initial_state(1, device)
-        for i in order
-    ]
-    state = concat_states(states)  # type: ignore[arg-type]
+    segments = [r.ids[r.prompt_pos : r.prompt_pos + max_steps] for r in rows]
+    results = staircase(model, segments, [r.prompt_state for r in rows])
     done: list[tuple[GenerationRequest, State, Tensor]] = []
-    start = 0
-    for end in sorted(set(segments)):
-        active = sum(1 for s in segments if s >= end)  # a prefix of ``order``
-        state = tuple(s[:active] for s in state)
-        logits, state = model(batch_ids[:active, start:end], state)  # (active, t, V)
-        for slot in range(active):
-            i = order[slot]
-            if segments[i] != end:
-                continue
-            row = rows[i]
-            row.prompt_pos += end
-            row_state = tuple(s[slot : slot + 1].clone() for s in state)
-            if row.prompt_pos == len(row.ids):
-                row.prompt_state = None
-                done.append((row, row_state, logits[slot, -1].clone()))
-            else:
-                row.prompt_state = row_state
-        start = end
+    for row, segment, (state, logits) in zip(rows, segments, results, strict=True):
+        row.prompt_pos += len(segment)
+        if row.prompt_pos == len(row.ids):
+            row.prompt_state = None
+            done.append((row, state, logits[-1].clone()))
+        else:
+            row.prompt_state = state
     return done
 
 
@@ -102,30 +113,3 @@ class DecodeBatch:
         self.rows.extend(r for r, _, _ in joined)
         self.state = concat_states(states)
         self.logits = logits
-
-
-def plan_score_groups(
-    lengths: Sequence[int], max_rows: int, max_elements: int = 64 * 4096
-) -> list[list[int]]:
-    """Split items (by index) into padded forwards of similar lengths.
-
-    Items are sorted by length; a group closes when it holds ``max_rows`` items, when padding to
-    its longest item would exceed ``max_elements`` ids, or when the next item is more than a
-    quarter (plus 16) longer than the group's shortest, which bounds the padding wasted.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        if current:
-            shortest = lengths[current[0]]
-            too_many = len(current) >= max_rows
-            too_big = (len(current) + 1) * lengths[i] > max_elements
-            too_uneven = lengths[i] > shortest * 1.25 + 16
-            if too_many or too_big or too_uneven:
-                groups.append(current)
-                current = []
-        current.append(i)
-    if current:
-        groups.append(current)
-    return groups

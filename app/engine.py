@@ -2,11 +2,11 @@
 
 Routes call ``ModelEngine.score`` and ``ModelEngine.generate``; a scheduler thread per model runs
 every forward pass (``app.scheduler``): completions join the running batch at the next step and
-leave it when done, scoring requests are gathered for a few milliseconds and scored in padded
-groups of similar length.
+leave it when done; texts to score are read a chunk per round beside each other, joining and
+leaving between rounds the same way (``app.score_rows``).
 
-Limits: ``max_batch_size`` rows per step (completions generating or reading their prompt; also the
-most texts in one scoring forward), ``max_queue`` requests waiting (beyond it ``QueueFullError``
+Limits: ``max_batch_size`` rows per step (completions generating or reading their prompt; and,
+separately, texts being scored), ``max_queue`` requests waiting (beyond it ``QueueFullError``
 at once, with a ``retry_after`` estimate), ``request_timeout_s`` per request (a request still
 queued then raises ``RequestTimeoutError``; a completion already running ends with
 ``finish_reason == "timeout"``).
@@ -78,7 +78,6 @@ class ModelEngine:
         max_batch_size: int = 32,
         request_timeout_s: float = 120.0,
         prompt_chunk: int = 256,
-        score_gather_s: float = 0.002,
         stream_interval_s: float = 0.02,
         gil_switch_interval_s: float | None = 0.0005,
     ) -> None:
@@ -100,7 +99,6 @@ class ModelEngine:
             max_batch_size=max_batch_size,
             max_queue=max_queue,
             prompt_chunk=prompt_chunk,
-            score_gather_s=score_gather_s,
             stream_interval_s=stream_interval_s,
         )
 
@@ -225,7 +223,7 @@ class ModelEngine:
                     await event.wait()
                 return
             except TimeoutError:
-                if self._scheduler.cancel(request):
+                if self._scheduler.withdraw(request):
                     self._counters.reject("timeout")
                     raise RequestTimeoutError(
                         f"the request waited longer than {self.request_timeout_s:g} s to start"
@@ -261,7 +259,7 @@ class ModelEngine:
                 "chars_scored": c.chars_scored,
                 "completions": sum(c.finished.values()),
                 "scored_requests": c.scored_requests,
-                "score_forwards": c.score_forwards,
+                "score_rounds": c.score_rounds,
             }
             for reason in ("queue_full", "closed", "timeout"):
                 stats[f"rejected_{reason}"] = c.rejected[reason]

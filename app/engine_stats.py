@@ -58,7 +58,7 @@ class EngineCounters:
         self.lock = threading.Lock()
         self.chars_generated = 0
         self.chars_scored = 0
-        self.score_forwards = 0  # padded scoring forwards (groups of texts)
+        self.score_rounds = 0  # scoring rounds (one chunk of every text being scored)
         self.steps = 0
         self.finished: Counter[str] = Counter()  # completions by finish reason
         self.scored_requests = 0

@@ -4,9 +4,8 @@ Each round of the worker loop:
 
 1. admits queued completions while the batch has free rows (``max_batch_size`` counts rows reading
    their prompt and rows generating);
-2. runs one scoring group, if any: the requests that arrived while the worker was busy (and,
-   when they come in crowds, for up to ``score_gather_s`` more), grouped by length, one padded
-   forward per group (``models.scoring.score_id_sequences``);
+2. advances every text being scored by one chunk (``app.score_rows``): scoring is batched the
+   same way, texts joining and leaving between rounds;
 3. advances the rows still reading their prompt by up to ``prompt_chunk`` ids, in one staircase
    forward (``app.batching.advance_prompts``); rows that finish join the decode batch;
 4. runs one decode step: every row draws its next character with its own settings and generator,
@@ -30,23 +29,21 @@ import time
 from collections import deque
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
-from app.batching import DecodeBatch, advance_prompts, plan_score_groups
+from app.batching import DecodeBatch, advance_prompts
 from app.engine_errors import EngineClosedError, QueueFullError
 from app.engine_requests import GenerationRequest, Mailbox, Phase, ScoreRequest
 from app.engine_stats import EngineCounters
+from app.score_rows import ScoreRow, advance_scoring, make_rows, steps_per_round
 from models.base import CharLM
 from models.sampling import choose_next
-from models.scoring import score_id_sequences
 from models.vocab import CharVocab
 
 logger = logging.getLogger(__name__)
 
 # the publishing interval grows by this much per generating row (see ``_publish``)
 STREAM_INTERVAL_PER_ROW_S = 0.0005
-ScoreItem = tuple[ScoreRequest, int, np.ndarray, np.ndarray]  # request, text index, ids, context
 
 
 @contextlib.contextmanager
@@ -102,13 +99,12 @@ class Scheduler:
         max_batch_size: int,
         max_queue: int,
         prompt_chunk: int = 256,
-        score_gather_s: float = 0.002,
         stream_interval_s: float = 0.02,
     ) -> None:
         self.model, self.vocab, self.counters = model, vocab, counters
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.prompt_chunk = prompt_chunk
-        self.score_gather_s, self.stream_interval_s = score_gather_s, stream_interval_s
+        self.stream_interval_s = stream_interval_s
         self._cond = threading.Condition()
         self._generations: deque[GenerationRequest] = deque()
         self._scorings: deque[ScoreRequest] = deque()
@@ -118,11 +114,12 @@ class Scheduler:
         # worker-only state
         self._prompting: list[GenerationRequest] = []
         self._batch = DecodeBatch([])
-        self._score_groups: deque[list[ScoreItem]] = deque()
+        self._taken_scorings: list[ScoreRequest] = []  # taken from the queue, not yet rows
+        self._score_rows: list[ScoreRow] = []  # texts being scored
+        self._score_backlog: deque[ScoreRow] = deque()  # texts taken, waiting for a row
         self._wakes: dict[asyncio.AbstractEventLoop, list[Mailbox]] = {}
         self._urgent = False
         self._last_publish = 0.0
-        self._last_scoring_round = 0  # requests taken by the last scoring round
 
     # ------------------------------------------------------------------ event-loop side
     def start(self, name: str) -> None:
@@ -181,12 +178,20 @@ class Scheduler:
             self._scorings.append(request)
             self._cond.notify()
 
-    def cancel(self, request: GenerationRequest | ScoreRequest) -> bool:
-        """Forget a request; True if it was still queued (it never ran)."""
+    def cancel(self, request: GenerationRequest | ScoreRequest) -> None:
+        """Forget a request (its client is gone): out of the queue, or out of the batch at the
+        next step."""
         with self._cond:
             request.cancelled = True
+            self.withdraw(request)
+
+    def withdraw(self, request: GenerationRequest | ScoreRequest) -> bool:
+        """Take a request out of the queue if it is still there (True); one already running is
+        left alone (False)."""
+        with self._cond:
             if request.phase is not Phase.QUEUED:
                 return False
+            request.cancelled = True
             request.phase = Phase.DONE
             if isinstance(request, GenerationRequest):
                 self._generations.remove(request)
@@ -207,7 +212,9 @@ class Scheduler:
                 or self._scorings
                 or self._batch.rows
                 or self._prompting
-                or self._score_groups
+                or self._taken_scorings
+                or self._score_rows
+                or self._score_backlog
             )
 
     # ------------------------------------------------------------------ worker thread
@@ -230,55 +237,44 @@ class Scheduler:
             while True:
                 if self._abort:
                     return False
-                now = time.monotonic()
                 free = self.max_batch_size - len(self._batch.rows) - len(self._prompting)
                 while free > 0 and self._generations:
                     request = self._generations.popleft()
                     request.phase = Phase.RUNNING
                     self._prompting.append(request)
                     free -= 1
-                busy = bool(self._batch.rows or self._prompting or self._score_groups)
-                if self._scorings:
-                    # gather only while scoring requests come in crowds: alone, one is not delayed
-                    texts = sum(len(r.texts) for r in self._scorings)
-                    wait = self._scorings[0].admitted_at + self.score_gather_s - now
-                    crowd = self._last_scoring_round > 1
-                    if busy or wait <= 0 or texts >= self.max_batch_size or not crowd:
-                        self._take_scorings()
-                        return True
-                    self._cond.wait(wait)
-                    continue
+                # scoring requests are taken while fewer texts than a batch are in hand, so
+                # the queue (bounded) holds the rest, not an unbounded backlog
+                scoring = len(self._score_rows) + len(self._score_backlog)
+                while self._scorings and scoring < self.max_batch_size:
+                    taken = self._scorings.popleft()
+                    taken.phase = Phase.RUNNING
+                    self._taken_scorings.append(taken)
+                    scoring += len(taken.texts)
+                busy = bool(self._batch.rows or self._prompting or self._taken_scorings or scoring)
                 if busy:
                     return True
                 self._publish(force=True)
                 self._cond.wait()
 
-    def _take_scorings(self) -> None:
-        """Encode every queued scoring request and plan its texts into length groups."""
-        by_top_k: dict[int, list[ScoreItem]] = {}
-        self._last_scoring_round = len(self._scorings)
-        empty = []
-        while self._scorings:
-            request = self._scorings.popleft()
-            request.phase = Phase.RUNNING
+    def _start_scorings(self) -> None:
+        """Turn the scoring requests just taken into rows (texts without characters: done)."""
+        taken, self._taken_scorings = self._taken_scorings, []
+        vocab_size = self.model.config.vocab_size
+        for request in taken:
             request.results = [None] * len(request.texts)
             request.remaining = len(request.texts)
-            if not request.texts:
-                empty.append(request)
-                continue
-            context = self.vocab.encode_array(request.context)
-            for i, text in enumerate(request.texts):
-                item = (request, i, self.vocab.encode_array(text), context)
-                by_top_k.setdefault(request.top_k, []).append(item)
+            self._score_backlog.extend(make_rows(request, self.vocab, vocab_size))
+        empty = [r for r in taken if not r.texts]
+        for request in empty:
+            request.phase = Phase.DONE
         resolve_all(empty)
-        for items in by_top_k.values():
-            lengths = [len(ids) + len(ctx) for _, _, ids, ctx in items]
-            for group in plan_score_groups(lengths, self.max_batch_size):
-                self._score_groups.append([items[i] for i in group])
 
     def _round(self) -> None:
-        if self._score_groups:
-            self._score(self._score_groups.popleft())
+        if self._taken_scorings:
+            self._start_scorings()
+        if self._score_rows or self._score_backlog:
+            self._score_round()
         if self._prompting:
             now = time.monotonic()
             for request in [r for r in self._prompting if r.cancelled or r.expired(now)]:
@@ -292,24 +288,28 @@ class Scheduler:
         if self._batch.rows:
             self._step()
 
-    def _score(self, group: list[ScoreItem]) -> None:
-        live = [item for item in group if not item[0].cancelled]
-        if not live:
-            return
-        results = score_id_sequences(
-            self.model, [ids for _, _, ids, _ in live], [c for _, _, _, c in live], live[0][0].top_k
-        )
+    def _score_round(self) -> None:
+        """Advance every text being scored by one chunk; complete the requests all done."""
+        rows = [r for r in self._score_rows if not r.request.cancelled]
+        while self._score_backlog and len(rows) < self.max_batch_size:
+            row = self._score_backlog.popleft()
+            if not row.request.cancelled:
+                rows.append(row)
+        read = advance_scoring(self.model, rows, steps_per_round(len(rows)))
         done: list[ScoreRequest] = []
-        for (request, index, _, _), result in zip(live, results, strict=True):
-            request.results[index] = result
-            request.remaining -= 1
-            if request.remaining == 0:
-                request.phase = Phase.DONE
-                done.append(request)
+        for row in rows:
+            if row.done:
+                request = row.request
+                request.results[row.index] = row.result()
+                request.remaining -= 1
+                if request.remaining == 0:
+                    request.phase = Phase.DONE
+                    done.append(request)
+        self._score_rows = [r for r in rows if not r.done]
         now = time.monotonic()
         with self.counters.lock:
-            self.counters.chars_scored += sum(len(ids) for _, _, ids, _ in live)
-            self.counters.score_forwards += 1
+            self.counters.chars_scored += read
+            self.counters.score_rounds += 1
             self.counters.scored_requests += len(done)
             for request in done:
                 self.counters.request_done(now - request.admitted_at)
@@ -425,8 +425,11 @@ class Scheduler:
                 if request.mailbox.put("", request.text.shown, error=error):
                     self._wakes.setdefault(request.mailbox.loop, []).append(request.mailbox)
         failed = error or EngineClosedError("the model is shutting down")
-        scorings = {id(item[0]): item[0] for group in self._score_groups for item in group}
-        self._score_groups.clear()
+        rows = self._score_rows + list(self._score_backlog)
+        self._score_rows, self._score_backlog = [], deque()
+        scorings = {id(r.request): r.request for r in rows if r.request.phase is not Phase.DONE}
+        scorings.update({id(r): r for r in self._taken_scorings})
+        self._taken_scorings = []
         self._fail_scorings(list(scorings.values()), failed)
 
     def _end_queued(self) -> None:

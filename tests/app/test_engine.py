@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import pytest
 import torch
 
-from app.batching import plan_score_groups
 from app.engine import (
     CannotGenerateError,
     EngineClosedError,
@@ -222,23 +221,34 @@ def test_queue_full_is_refused_at_once_and_cancelled_queued_requests_leave() -> 
     run(scenario, max_batch_size=1, max_queue=2)
 
 
+class _SlowLSTM(LSTMLM):
+    """A real LSTM whose forward pass takes at least ``delay`` seconds (a slow machine)."""
+
+    delay = 0.0
+
+    def forward(self, ids: torch.Tensor, state: Any = None) -> Any:
+        time.sleep(self.delay)
+        return super().forward(ids, state)
+
+
 def test_request_timeout_while_queued_and_while_running() -> None:
+    ckpt = make_checkpoint("lstm", _SlowLSTM)
+
     async def scenario(engine: ModelEngine) -> None:
-        # a long text keeps the worker in one scoring forward (~1 s) past every deadline
-        busy = asyncio.create_task(engine.score(["ab" * 300_000]))
+        ckpt.model.delay = 1.0  # the first request holds the only row for a 1 s forward
+        first = asyncio.create_task(complete(engine, "a", 10_000_000))
         await asyncio.sleep(0.05)
         with pytest.raises(RequestTimeoutError):
             await complete(engine, "b", 5)  # never started: an error
-        with pytest.raises(RequestTimeoutError):
-            await busy
         assert isinstance(RequestTimeoutError("x"), TimeoutError)  # the server's 503 mapping
-        while not engine.stats()["chars_scored"]:  # the forward runs on, its result unwanted
-            await asyncio.sleep(0.01)
-        _, chunks = await complete(engine, "a", 10_000_000)  # started: ends with "timeout"
+        _, chunks = await first  # started: ends, with "timeout"
         assert chunks[-1].finish_reason == "timeout"
-        assert engine.stats()["rejected_timeout"] == 2
+        ckpt.model.delay = 0.0
+        text, chunks = await complete(engine, "a", 10_000_000)
+        assert chunks[-1].finish_reason == "timeout" and len(text) > 10
+        assert engine.stats()["rejected_timeout"] == 1
 
-    run(scenario, request_timeout_s=0.3)
+    run(scenario, ckpt, max_batch_size=1, request_timeout_s=0.3)
 
 
 def test_stop_lets_requests_finish_in_the_grace_period_then_ends_the_rest() -> None:
@@ -289,12 +299,13 @@ def test_scoring_batched_equals_alone() -> None:
         requests = [engine.score([t], context="ab ", top_k=3) for t in texts]
         requests.append(engine.score(texts, context="", top_k=0))
         results = await asyncio.gather(*requests)
+        assert await engine.score([]) == []
         stats = engine.stats()
         assert stats["scored_requests"] == len(texts) + 1
-        assert stats["score_forwards"] < len(texts)  # 2 x 8 texts shared forwards
+        assert stats["score_rounds"] < len(texts)  # the 2 x 8 texts shared forwards
         return results
 
-    results = run(scenario, ckpt, score_gather_s=0.02)
+    results = run(scenario, ckpt)
     with torch.inference_mode():
         alone_ctx = [score_texts(ckpt.model, VOCAB, [t], "ab ", top_k=3)[0] for t in texts]
         alone = [score_texts(ckpt.model, VOCAB, [t])[0] for t in texts]
@@ -309,11 +320,24 @@ def test_scoring_batched_equals_alone() -> None:
     assert results[-1][5].num_unknown == 10  # all but the space
 
 
-def test_score_groups_bound_rows_and_padding() -> None:
-    lengths = [5, 200, 6, 7, 180, 5, 5, 400]
-    groups = plan_score_groups(lengths, max_rows=3)
-    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-    for group in groups:
-        assert len(group) <= 3
-        sizes = [lengths[i] for i in group]
-        assert max(sizes) <= min(sizes) * 1.25 + 16
+def test_long_scoring_holds_back_neither_short_texts_nor_completions() -> None:
+    """Texts are scored a chunk per round beside each other, so a long one does not block."""
+
+    async def scenario(engine: ModelEngine) -> None:
+        start = time.perf_counter()
+        long_task = asyncio.create_task(engine.score(["ab " * 100_000]))
+        await asyncio.sleep(0.02)
+        short = await engine.score(["abc"])
+        short_done = time.perf_counter() - start
+        text, _ = await complete(engine, "a", 20)
+        completion_done = time.perf_counter() - start
+        long_result = (await long_task)[0]
+        long_done = time.perf_counter() - start
+        assert short[0].num_chars == 3 and len(text) == 20
+        assert long_result.num_chars == 300_000
+        assert short_done < long_done / 3 and completion_done < long_done / 3
+        with torch.inference_mode():
+            alone = score_texts(engine.checkpoint.model, VOCAB, ["ab " * 100_000])[0]
+        torch.testing.assert_close(long_result.logprobs, alone.logprobs, atol=1e-5, rtol=0)
+
+    run(scenario)

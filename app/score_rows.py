@@ -1,0 +1,107 @@
+"""Scoring by continuous batching: every text is a row that reads ``BOS``, its context and itself,
+a chunk of up to ``max_steps`` ids per round, beside every other text being scored.
+
+Rows join and leave between rounds as completions do, so a request never waits for a batch to
+form and a long text never holds back short ones (nor the completions' steps) for more than one
+round. The figures are those of ``models.scoring.score_id_sequences`` for the same text alone: the
+same state is carried from chunk to chunk, and no row ever reads padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from app.batching import staircase
+from app.engine_requests import ScoreRequest
+from models.base import CharLM, State
+from models.scoring import TextScore
+from models.vocab import BOS_ID, UNK_ID, CharVocab
+
+
+@dataclass(eq=False)
+class ScoreRow:
+    """One text of a scoring request: ids are ``BOS, context, text``; every id after ``BOS`` is a
+    target, the text's targets start at ``first``."""
+
+    request: ScoreRequest
+    index: int  # of the text in its request
+    ids: np.ndarray  # (T,)
+    first: int
+    logprobs: Tensor  # (T - 1,) float32, filled as the row advances
+    top_ids: Tensor | None = None  # (T - 1, k) long
+    top_logprobs: Tensor | None = None  # (T - 1, k) float32
+    pos: int = 0  # ids read so far
+    state: State | None = None  # after ``ids[:pos]``; None: the initial state
+
+    @property
+    def done(self) -> bool:
+        return self.pos >= len(self.ids) - 1
+
+    def result(self) -> TextScore:
+        text = self.ids[1 + self.first :]
+        return TextScore(
+            logprobs=self.logprobs[self.first :].clone(),
+            num_unknown=int(np.count_nonzero(text == UNK_ID)),
+            top_ids=None if self.top_ids is None else self.top_ids[self.first :].clone(),
+            top_logprobs=(
+                None if self.top_logprobs is None else self.top_logprobs[self.first :].clone()
+            ),
+        )
+
+
+def make_rows(request: ScoreRequest, vocab: CharVocab, vocab_size: int) -> list[ScoreRow]:
+    """One row per text; a text with no characters is done at once (its context unread)."""
+    context = vocab.encode_array(request.context)
+    k = min(request.top_k, vocab_size)
+    rows = []
+    for index, text in enumerate(request.texts):
+        ids = np.concatenate([[BOS_ID], context, vocab.encode_array(text)]).astype(np.int64)
+        targets = len(ids) - 1
+        row = ScoreRow(request, index, ids, len(context), torch.zeros(targets))
+        if k:
+            row.top_ids = torch.zeros(targets, k, dtype=torch.long)
+            row.top_logprobs = torch.zeros(targets, k)
+        if not text:
+            row.pos = targets
+        rows.append(row)
+    return rows
+
+
+def steps_per_round(rows: int, budget: int = 8192) -> int:
+    """Ids each row reads in one round: about ``budget`` row-steps per round, 16 to 256."""
+    return max(16, min(256, budget // max(1, rows)))
+
+
+def advance_scoring(model: CharLM, rows: Sequence[ScoreRow], max_steps: int) -> int:
+    """Read up to ``max_steps`` more ids of every row; returns the ids read in all."""
+    rows = [r for r in rows if not r.done]
+    if not rows:
+        return 0
+    segments = [r.ids[r.pos : min(r.pos + max_steps, len(r.ids) - 1)] for r in rows]
+    results = staircase(model, segments, [r.state for r in rows])
+    # all rows' positions at once: (sum t, V) log-probabilities, targets are the next ids
+    logprobs = torch.log_softmax(torch.cat([lg for _, lg in results]).float(), dim=-1)
+    targets = np.concatenate(
+        [r.ids[r.pos + 1 : r.pos + 1 + len(s)] for r, s in zip(rows, segments, strict=True)]
+    )
+    picked = logprobs.gather(-1, torch.from_numpy(targets).to(logprobs.device).unsqueeze(-1))
+    picked = picked.squeeze(-1).cpu()
+    k_max = max((r.top_ids.shape[1] for r in rows if r.top_ids is not None), default=0)
+    top = logprobs.topk(k_max, dim=-1) if k_max else None
+    offset = 0
+    for row, segment, (state, _) in zip(rows, segments, results, strict=True):
+        t = len(segment)
+        row.logprobs[row.pos : row.pos + t] = picked[offset : offset + t]
+        if top is not None and row.top_ids is not None and row.top_logprobs is not None:
+            k = row.top_ids.shape[1]
+            row.top_logprobs[row.pos : row.pos + t] = top.values[offset : offset + t, :k].cpu()
+            row.top_ids[row.pos : row.pos + t] = top.indices[offset : offset + t, :k].cpu()
+        row.pos += t
+        row.state = None if row.done else state
+        offset += t
+    return offset
