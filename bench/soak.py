@@ -219,7 +219,13 @@ def read_metrics(url: str) -> dict[str, float]:
 async def soak(server: Server, concurrency: int, duration: float, warmup: float) -> dict[str, Any]:
     pid = server.process.pid
     rss_start = rss_bytes(pid)
-    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency)
+    # idle connections are dropped by the client after 2 s, before the server's 5 s keep-alive
+    # timeout, so no request is ever sent on a connection the server is closing at that moment
+    limits = httpx.Limits(
+        max_connections=concurrency + 8,
+        max_keepalive_connections=concurrency,
+        keepalive_expiry=2.0,
+    )
     timeout = httpx.Timeout(180.0, connect=30.0)
     tally = Tally()
     stop = asyncio.Event()
