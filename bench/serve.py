@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from typing import Any
 import httpx
 import torch
 
-from bench.serve_inprocess import bare_step, build_models, inprocess_scoring, make_texts
+from bench.serve_inprocess import bare_step_seconds, build_models, make_texts, score_chars_per_s
 from bench.serve_load import (
     LevelResult,
     burst,
@@ -44,6 +45,7 @@ from bench.serve_load import (
     percentile,
     score_level,
 )
+from models.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,25 +157,43 @@ async def run_levels(
     return results
 
 
-async def scoring_check(server: Server, model: str, texts: list[str], rounds: int) -> float:
-    """HTTP scoring chars/s: 64 concurrent requests of one 200-character text, ``rounds`` each."""
+async def paired_checks(
+    server: Server, path: Path, model: str, texts: list[str], pairs: int
+) -> dict[str, float]:
+    """The targets that compare the server with in-process work, measured in alternation
+    (in-process, HTTP, in-process, HTTP, ...) so that a slow period falls on both; medians.
+
+    Single stream: the bare step against one streamed completion of 400 characters alone on the
+    batched server. Scoring: the 64 texts of 200 characters in one in-process batch against 64
+    concurrent HTTP requests of one text each.
+    """
+    ckpt = load_checkpoint(path)
+    bare, single, inproc, http = [], [], [], []
     async with make_client(server.url) as client:
         await open_connections(client, 64)
         await score_level(client, model, 64, 1, texts)  # warm-up
-        r = await score_level(client, model, 64, rounds, texts)
-    return r.chars_per_s
+        for _ in range(pairs):
+            bare.append(bare_step_seconds(ckpt))
+            r = await generation_level(client, model, 1, 1, 400, stream=True)
+            single.append(r.tpoc[0] if r.tpoc else float("nan"))
+            inproc.append(score_chars_per_s(ckpt, texts))
+            http.append((await score_level(client, model, 64, 1, texts)).chars_per_s)
+    return {
+        "bare_step_s": statistics.median(bare),
+        "single_stream_tpoc_s": statistics.median(single),
+        "inprocess_score_chars_per_s": statistics.median(inproc),
+        "http_score_chars_per_s_c64": statistics.median(http),
+    }
 
 
 async def overload_check(server: Server, model: str, capacity: int, chars: int) -> dict[str, Any]:
     """Send 4x ``capacity`` requests at once, three times; memory before, between and after."""
     rounds, peaks = [], []
-    async with make_client(server.url, connections=4 * capacity + 8) as client:
-        await open_connections(client, 4 * capacity)
-        await burst(client, model, capacity, chars)  # warm-up, within capacity
-        baseline = server.rss_mb()
-        for _ in range(3):
-            rounds.append(await burst(client, model, 4 * capacity, chars))
-            peaks.append(server.rss_mb())
+    await burst(server.url, model, capacity, chars)  # warm-up, within capacity
+    baseline = server.rss_mb()
+    for _ in range(3):
+        rounds.append(await burst(server.url, model, 4 * capacity, chars))
+        peaks.append(server.rss_mb())
     await asyncio.sleep(2.0)
     after = server.rss_mb()
     rejected = [t for r in rounds for t in r.rejected_latencies]
@@ -211,7 +231,7 @@ def ratio_lines(s: dict[str, Any]) -> list[str]:
         f"(target >= 8x: {verdict(gen >= 8)})",
         f"streamed, 32 concurrent, batched/unbatched chars/s: {stream:.1f}x "
         f"(target >= 4x: {verdict(stream >= 4)})",
-        f"single stream TPOC p50 / bare step p50: {single:.2f} "
+        f"single stream time per character / bare step: {single:.2f} "
         f"(target <= 1.25: {verdict(single <= 1.25)})",
         f"HTTP scoring, 64 concurrent x 200 chars, {s['http_score_chars_per_s_c64']:,.0f} chars/s"
         f" / in-process one batch {s['inprocess_score_chars_per_s']:,.0f} chars/s: "
@@ -229,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=128, help="of the batched server")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, servers and here")
     parser.add_argument("--quick", action="store_true", help="levels 1,32; 100 characters")
+    parser.add_argument("--pairs", type=int, default=3, help="alternations of paired checks")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -251,36 +272,32 @@ def main(argv: list[str] | None = None) -> int:
     }
     report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "models": {}}
     for model in models:
-        bare = bare_step(models_dir / f"{model}.safetensors")
-        inproc_score = inprocess_scoring(models_dir / f"{model}.safetensors", texts)
+        path = models_dir / f"{model}.safetensors"
         batched_env = {**common, "CHARLM_MAX_BATCH_SIZE": str(args.max_batch_size)}
         batched = Server(models_dir, batched_env, work / f"{model}-batched.log")
         unbatched_env = {**common, "CHARLM_MAX_BATCH_SIZE": "1"}
         unbatched = Server(models_dir, unbatched_env, work / f"{model}-unbatched.log")
         try:
-            print(f"\n## model {model}: bare step p50 {us(bare['p50'])} us, mean "
-                  f"{us(bare['mean'])} us (oneDNN on: p50 {us(bare['p50_onednn'])} us); "
-                  f"in-process scoring {inproc_score:,.0f} chars/s\n")  # fmt: skip
-            print(TABLE_HEAD, flush=True)
+            print(f"\n## model {model}\n\n{TABLE_HEAD}", flush=True)
             results = asyncio.run(run_levels(batched, unbatched, model, args, texts))
-            http_score = asyncio.run(scoring_check(batched, model, texts, 4))
+            paired = asyncio.run(paired_checks(batched, path, model, texts, args.pairs))
         finally:
             batched.stop()
             unbatched.stop()
-        single = [r for n, r in results if n == "batched" and r.mode == "stream"]
-        tpoc_1 = percentile(single[0].tpoc, 0.5) if single and single[0].concurrency == 1 else 0
-        summary = {
-            "bare_step_us": bare,
-            "inprocess_score_chars_per_s": inproc_score,
-            "http_score_chars_per_s_c64": http_score,
+        summary: dict[str, Any] = {
+            **paired,
             "ratio_generate_c32": ratio_of(results, "generate", 32),
             "ratio_stream_c32": ratio_of(results, "stream", 32),
-            "single_stream_tpoc_over_bare": tpoc_1 / bare["p50"] if tpoc_1 else float("nan"),
-            "http_score_over_inprocess": http_score / inproc_score,
-            "levels": [{"server": n, **asdict(r)} for n, r in results],
+            "single_stream_tpoc_over_bare": paired["single_stream_tpoc_s"] / paired["bare_step_s"],
+            "http_score_over_inprocess": paired["http_score_chars_per_s_c64"]
+            / paired["inprocess_score_chars_per_s"],
+            "levels": [
+                {"server": n, **asdict(r), "statuses": dict(r.statuses)} for n, r in results
+            ],
         }
         report["models"][model] = summary
-        print(f"\nratios ({model}):")
+        print(f"\nbare model step (in-process, batch 1, oneDNN off): "
+              f"{us(paired['bare_step_s'])} us per character; ratios ({model}):")  # fmt: skip
         for line in ratio_lines(summary):
             print("- " + line)
 

@@ -3,8 +3,7 @@
 The bare step is what one output character costs without any server: one forward of one
 character for one stream and ``choose_next`` (temperature 1), under ``torch.inference_mode``,
 timed over a few hundred steps. oneDNN is switched off for it, as the engine does for its steps
-(PyTorch's own LSTM kernel is faster for one-character steps); the figure with oneDNN on is
-printed too.
+(PyTorch's own LSTM kernel is faster for one-character steps).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import LoadedCheckpoint, save_checkpoint
 from models.config import ModelConfig
 from models.registry import build_model
 from models.sampling import SamplingParams, choose_next, make_generator
@@ -65,48 +64,30 @@ def make_texts(length: int, count: int) -> list[str]:
     return ["".join(rng.choice(letters) for _ in range(length)) for _ in range(count)]
 
 
-def _time_steps(path: Path, onednn: bool, steps: int) -> list[float]:
-    ckpt = load_checkpoint(path)
+def bare_step_seconds(ckpt: LoadedCheckpoint, steps: int = 300, onednn: bool = False) -> float:
+    """Mean seconds per character of the bare loop (after 30 warm-up steps)."""
     model = ckpt.model
     before = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = onednn  # type: ignore[assignment]
-    times = []
     try:
         with torch.inference_mode():
             generator = make_generator(0)[0]
             params = [SamplingParams()]
             logits, state = model(torch.tensor([[BOS_ID]]), model.initial_state(1))
             logits = logits[:, -1]
-            for i in range(steps + 50):
-                start = time.perf_counter()
+            for i in range(steps + 30):
+                if i == 30:
+                    start = time.perf_counter()
                 next_id = choose_next(logits, params, [generator])
                 out, state = model(next_id.unsqueeze(-1), state)
                 logits = out[:, -1]
-                if i >= 50:  # the first steps warm up allocations
-                    times.append(time.perf_counter() - start)
+            return (time.perf_counter() - start) / steps
     finally:
         torch.backends.mkldnn.enabled = before
-    return sorted(times)
 
 
-def bare_step(path: Path, steps: int = 500) -> dict[str, float]:
-    """Seconds per character of the bare loop: p50 and mean, oneDNN off; p50 with it on."""
-    times = _time_steps(path, onednn=False, steps=steps)
-    with_onednn = _time_steps(path, onednn=True, steps=steps)
-    return {
-        "p50": times[len(times) // 2],
-        "mean": sum(times) / len(times),
-        "p50_onednn": with_onednn[len(with_onednn) // 2],
-    }
-
-
-def inprocess_scoring(path: Path, texts: list[str], repeats: int = 3) -> float:
-    """Characters per second scoring all ``texts`` in one batch (median of ``repeats``)."""
-    ckpt = load_checkpoint(path)
-    score_texts(ckpt.model, ckpt.vocab, texts)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        score_texts(ckpt.model, ckpt.vocab, texts)
-        times.append(time.perf_counter() - start)
-    return sum(len(t) for t in texts) / sorted(times)[len(times) // 2]
+def score_chars_per_s(ckpt: LoadedCheckpoint, texts: list[str]) -> float:
+    """Characters per second scoring all ``texts`` in one padded batch."""
+    start = time.perf_counter()
+    score_texts(ckpt.model, ckpt.vocab, texts)
+    return sum(len(t) for t in texts) / (time.perf_counter() - start)
