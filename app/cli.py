@@ -24,6 +24,11 @@ from app.settings import Settings
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 _SECRET_FIELDS = {"api_keys"}
 WORKER_STARTUP_S = 120
+# oneDNN keeps a compiled kernel with its scratch memory for every (batch, length) shape it has
+# run, up to 1024 of them: scoring texts of ever new lengths grew a server by over 100 MiB in ten
+# minutes. A smaller cache bounds that; users may still set the variable themselves.
+ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+ONEDNN_CACHE_CAPACITY = "64"
 
 
 def _flag(name: str) -> str:
@@ -80,6 +85,7 @@ def configure_logging(level: str) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.setdefault(ONEDNN_CACHE_ENV, ONEDNN_CACHE_CAPACITY)  # read by worker processes too
     for name, value in vars(args).items():
         if value is not None:
             os.environ["CHARLM_" + name.upper()] = value
