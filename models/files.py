@@ -31,9 +31,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.filename is None:
+            # a failed write names no file ("[Errno 28] No space left on device"): name the target
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
         raise
     _fsync_dir(folder)
 

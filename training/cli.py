@@ -214,6 +214,13 @@ def train_main(argv: list[str] | None = None) -> int:
     except (CorpusError, StreamError, ResumeError, ValueError) as exc:
         distributed.teardown(context)
         parser.exit(2, f"charlm-train: error: {exc}\n")
+    except OSError as exc:  # a full disk, a read-only folder: files are written atomically
+        distributed.teardown(context)
+        parser.exit(
+            2,
+            f"charlm-train: error: {exc.filename or out}: {exc.strerror or exc}; files saved"
+            " before are intact: fix the cause, then continue with --resume\n",
+        )
     distributed.teardown(context)
     if context.is_main:
         best = (
