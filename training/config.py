@@ -32,9 +32,9 @@ class TrainConfig:
     dropout: float = 0.0
     tie_weights: bool = False
     seq_len: int = 128
-    batch_size: int = 32
+    batch_size: int = 16
     optimizer: str = "adamw"
-    lr: float = 3e-3
+    lr: float = 4e-3
     final_lr_fraction: float = 0.05
     warmup_steps: int = 50
     weight_decay: float = 0.01
@@ -123,8 +123,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "hidden_size": 256,
         "num_layers": 2,
         "seq_len": 128,
-        "batch_size": 32,
-        "lr": 3e-3,
+        "batch_size": 16,
+        "lr": 4e-3,
         "dropout": 0.0,
         "eval_interval": 200,
         "max_steps": 5000,
