@@ -128,3 +128,17 @@ def test_evaluation_equals_scoring_per_document(tmp_path: Path, cache_dir: Path)
     result = evaluate_docs(trainer.model, corpus.val_docs)
     assert result.num_chars == sum(s.num_chars for s in scores)
     assert result.total_nats == pytest.approx(-sum(s.logprob for s in scores), rel=1e-6)
+
+
+def test_sgd_with_nesterov_momentum_learns(
+    tmp_path: Path, corpus_file: Path, cache_dir: Path
+) -> None:
+    corpus = load_corpus([str(corpus_file)], cache_dir=cache_dir)
+    config = tiny_config(optimizer="sgd", lr=0.5, max_steps=80, eval_interval=80, sample_chars=0)
+    trainer = Trainer(config, corpus, tmp_path / "sgd.safetensors")
+    group = trainer.optimizer.param_groups[0]
+    assert isinstance(trainer.optimizer, torch.optim.SGD) and group["nesterov"]
+    result = trainer.run()
+    losses = _losses(tmp_path / "sgd.safetensors")
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
+    assert result.best_val_nats < 0.7 * math.log(len(corpus.vocab))
