@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_preset(
         args.preset,
         max_time=args.budget,
+        max_steps=None,
         eval_interval=10**9,
         sample_chars=0,
         seed=args.seed,
