@@ -32,7 +32,7 @@ from training.data import Corpus
 from training.distributed import DistContext
 from training.evaluate import EvalResult, evaluate_docs, limit_docs
 from training.report import MetricsLog, Reporter, draw_plot, metrics_path, plot_path
-from training.resume import ResumeError, ResumeState, load_resume, resume_path, save_resume
+from training.snapshot import restore_snapshot, write_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ class Trainer:
         self._interval_loss = torch.zeros((), device=self.device)
         self._interval_steps = 0
         self._interval_seconds = 0.0
+        self._lr = config.lr
         self.finished: str | None = None
         if resume:
             self._load_resume()
@@ -300,7 +301,7 @@ class Trainer:
             "val_bpc": result.bits_per_char,
             "val_chars": result.num_chars,
             "is_best": improved,
-            "lr": getattr(self, "_lr", self.config.lr),
+            "lr": self._lr,
         }
         self.reporter.evaluation(record, self._sample())
         if self.metrics is not None:
@@ -351,71 +352,10 @@ class Trainer:
         )
 
     def _save_resume(self) -> None:
-        # every rank takes part in the gathers; rank 0 writes
-        carried = tuple(distributed.gather_rows(s, self.ctx) for s in self.state)
-        rng = {"torch": distributed.gather_rows(torch.get_rng_state().unsqueeze(0), self.ctx)}
-        if self.device.type == "cuda":
-            cuda_rng = torch.cuda.get_rng_state(self.device).unsqueeze(0)
-            rng["cuda"] = distributed.gather_rows(cuda_rng, self.ctx)
-        if self.out is None or not self.ctx.is_main:
-            return
-        p = self.batcher.position
-        info = {
-            "train_config": self.config.to_dict(),
-            "step": self.step,
-            "train_seconds": self.train_seconds,
-            "position": {"epoch": p.epoch, "offset": p.offset, "pos": p.pos},
-            "best_val": self.best_val if self.best_step >= 0 else None,
-            "best_step": self.best_step,
-            "bad_evals": self.bad_evals,
-            "last_eval_step": self.last_eval_step,
-            "world_size": self.ctx.world_size,
-            "corpus_fingerprint": self.corpus.fingerprint,
-            "vocab": self.corpus.vocab.to_dict(),
-        }
-        state = ResumeState(
-            info=info,
-            model=self.model.state_dict(),
-            optimizer=self.optimizer.state_dict(),
-            carried=carried,
-            rng=rng,
-        )
-        save_resume(resume_path(self.out), state)
+        write_snapshot(self)
 
     def _load_resume(self) -> None:
-        if self.out is None:
-            raise ResumeError("resuming needs the checkpoint path (--out)")
-        saved = load_resume(resume_path(self.out))
-        info = saved.info
-        if info["corpus_fingerprint"] != self.corpus.fingerprint:
-            raise ResumeError("the training data differ from the data the run started with")
-        if info["vocab"] != self.corpus.vocab.to_dict():
-            raise ResumeError("the vocabulary differs from the one the run started with")
-        if info["world_size"] != self.ctx.world_size:
-            raise ResumeError(
-                f"the run used {info['world_size']} processes; resume it with the same number"
-            )
-        self.model.load_state_dict(saved.model, strict=True)
-        self.optimizer.load_state_dict(saved.optimizer)
-        b = self.config.batch_size
-        rows = slice(self.ctx.rank * b, (self.ctx.rank + 1) * b)
-        self.state = tuple(s[rows].to(self.device) for s in saved.carried)
-        torch.set_rng_state(saved.rng["torch"][self.ctx.rank].clone())
-        if "cuda" in saved.rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(saved.rng["cuda"][self.ctx.rank].clone(), self.device)
-        pos = info["position"]
-        self.batcher.position.epoch = int(pos["epoch"])
-        self.batcher.position.offset = int(pos["offset"])
-        self.batcher.position.pos = int(pos["pos"])
-        self.step = int(info["step"])
-        self.train_seconds = float(info["train_seconds"])
-        self.best_val = math.inf if info["best_val"] is None else float(info["best_val"])
-        self.best_step = int(info["best_step"])
-        self.bad_evals = int(info["bad_evals"])
-        self.last_eval_step = int(info["last_eval_step"])
-        if self.metrics is not None and self.ctx.is_main:
-            self.metrics.truncate_after(self.step)
-        logger.info("resumed at step %d", self.step)
+        restore_snapshot(self)
 
     def finish(self) -> TrainResult:
         """Final evaluation (unless interrupted or just done), final files, the result."""
