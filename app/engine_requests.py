@@ -147,6 +147,8 @@ class GenerationRequest:
     deadline: float
     phase: Phase = Phase.QUEUED
     cancelled: bool = False
+    finish: str | None = None  # set by the scheduler when the completion ends
+    pending: list[str] = field(default_factory=list)  # text not yet handed to the mailbox
     first_char_at: float | None = None
     last_char_at: float = 0.0
     # prompt reading: ids consumed so far and the 1-row state after them (None: initial state)

@@ -118,6 +118,8 @@ class Scheduler:
         self._score_rows: list[ScoreRow] = []  # texts being scored
         self._score_backlog: deque[ScoreRow] = deque()  # texts taken, waiting for a row
         self._wakes: dict[asyncio.AbstractEventLoop, list[Mailbox]] = {}
+        self._dirty: list[GenerationRequest] = []  # requests with text not yet in their mailbox
+        self._tokens = [vocab.token(i) for i in range(len(vocab))]  # id -> character
         self._urgent = False
         self._last_publish = 0.0
 
@@ -337,8 +339,9 @@ class Scheduler:
         keep = []
         generated = 0
         first_chars: list[float] = []
+        tokens = self._tokens
         for i, (request, index) in enumerate(zip(rows, next_ids.tolist(), strict=True)):
-            shown = request.text.append(self.vocab.token(index))
+            shown = request.text.append(tokens[index])
             generated += len(shown)
             request.last_char_at = now
             if request.first_char_at is None:
@@ -352,7 +355,7 @@ class Scheduler:
             else:
                 keep.append(i)
                 if shown:
-                    self._deliver(request.mailbox, shown, request.text.shown)
+                    self._deliver(request, shown)
         with self.counters.lock:
             self.counters.steps += 1
             self.counters.chars_generated += generated
@@ -376,7 +379,7 @@ class Scheduler:
         request.phase = Phase.DONE
         text = shown + request.text.release()
         if reason != "cancelled":
-            self._deliver(request.mailbox, text, request.text.shown, reason)
+            self._deliver(request, text, reason)
             self._urgent = True
         with self.counters.lock:
             self.counters.finished[reason] += 1
@@ -387,19 +390,30 @@ class Scheduler:
                 per_char = (request.last_char_at - request.first_char_at) / (chars - 1)
                 self.counters.time_per_char.observe(per_char)
 
-    def _deliver(self, box: Mailbox, text: str, num_chars: int, finish: str | None = None) -> None:
-        if box.put(text, num_chars, finish):
-            self._wakes.setdefault(box.loop, []).append(box)
+    def _deliver(self, request: GenerationRequest, text: str, finish: str | None = None) -> None:
+        """Keep new text (and the end) for the next publication."""
+        if not request.pending and request.finish is None:
+            self._dirty.append(request)
+        if text:
+            request.pending.append(text)
+        if finish is not None:
+            request.finish = finish
 
     def _publish(self, force: bool = False) -> None:
-        """Wake the consumers that have new text: one call per event loop."""
-        if not self._wakes:
+        """Hand the kept text to the mailboxes and wake their consumers: one call per loop."""
+        if not self._dirty and not self._wakes:
             return
         now = time.monotonic()
         # more streams, fewer events each: the event loop's work stays bounded (~2000 wakes/s)
         interval = max(self.stream_interval_s, len(self._batch.rows) * STREAM_INTERVAL_PER_ROW_S)
         if not (force or self._urgent or now - self._last_publish >= interval):
             return
+        for request in self._dirty:
+            box = request.mailbox
+            if box.put("".join(request.pending), request.text.shown, request.finish):
+                self._wakes.setdefault(box.loop, []).append(box)
+            request.pending.clear()
+        self._dirty = []
         for loop, boxes in self._wakes.items():
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
                 loop.call_soon_threadsafe(_set_events, boxes)

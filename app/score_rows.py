@@ -72,9 +72,10 @@ def make_rows(request: ScoreRequest, vocab: CharVocab, vocab_size: int) -> list[
     return rows
 
 
-def steps_per_round(rows: int, budget: int = 8192) -> int:
-    """Ids each row reads in one round: about ``budget`` row-steps per round, 16 to 256."""
-    return max(16, min(256, budget // max(1, rows)))
+def steps_per_round(rows: int, budget: int = 4096) -> int:
+    """Ids each row reads in one round: about ``budget`` row-steps, 16 to 64 per row (short
+    rounds let texts that arrive meanwhile join soon, and keep completions' steps flowing)."""
+    return max(16, min(64, budget // max(1, rows)))
 
 
 def advance_scoring(model: CharLM, rows: Sequence[ScoreRow], max_steps: int) -> int:
