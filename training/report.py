@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,11 @@ class ProgressReporter(Reporter):
     def start(self, step: int, total_steps: int | None) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
+        # redrawn often on a terminal; rarely when the output goes to a log file
+        interval = 0.5 if sys.stderr.isatty() else 30.0
+        self._bar = tqdm(
+            total=total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=interval
+        )
 
     def train(self, record: dict[str, Any]) -> None:
         if self._bar is None:
