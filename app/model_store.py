@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _MODEL_ID = re.compile(MODEL_ID_PATTERN)
 CHECKPOINT_SUFFIX = ".safetensors"
+RESUME_SUFFIX = ".resume.safetensors"
 
 
 def build_engine(
@@ -80,6 +81,8 @@ class ModelStore:
             self._update_gauges()
             return
         for path in sorted(folder.glob("*" + CHECKPOINT_SUFFIX)):
+            if path.name.endswith(RESUME_SUFFIX):
+                continue  # charlm-train's resume state beside a checkpoint, not a model
             entry = await self._load_one(path)
             self.entries[entry.id] = entry
         ready = [e.id for e in self.entries.values() if e.ready]

@@ -68,13 +68,15 @@ def train_tiny_lstm(corpus: str, steps: int = 300, seed: int = 0) -> tuple[Any, 
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models folder: ``tiny`` (trained LSTM), a corrupt file and a badly named one."""
+    """A models folder: ``tiny`` (trained LSTM), its resume file, a corrupt and a misnamed file."""
     folder = tmp_path_factory.mktemp("models")
     model, vocab = train_tiny_lstm(make_corpus())
     training = {"step": 300, "best_val_bpc": 1.5, "corpus": "generated"}
     save_checkpoint(folder / f"{MODEL_ID}.safetensors", model, vocab, training=training)
     (folder / "broken.safetensors").write_bytes(b"\x00\x01 not a checkpoint")
     save_checkpoint(folder / "bad name.safetensors", model, vocab)
+    # charlm-train leaves its resume state beside the checkpoint: not a model to list
+    (folder / f"{MODEL_ID}.resume.safetensors").write_bytes(b"resume state")
     return folder
 
 
