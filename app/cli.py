@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.config
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from app.settings import Settings
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 _SECRET_FIELDS = {"api_keys"}
 WORKER_STARTUP_S = 120
+SHUTDOWN_MARGIN_S = 5
 # oneDNN keeps a compiled kernel with its scratch memory for every (batch, length) shape it has
 # run, up to 1024 of them: scoring texts of ever new lengths grew a server by over 100 MiB in ten
 # minutes. A smaller cache bounds that; users may still set the variable themselves.
@@ -105,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=settings.workers,
         log_config=log_config,
         access_log=False,  # the app logs each request itself, with its request id
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+        # uvicorn cancels what is still running after this: leave the engines time, once their
+        # grace period is over, to end every request with its final event (a busy CPU needs it)
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s) + SHUTDOWN_MARGIN_S,
         # a worker imports torch before it can answer the supervisor's health pings
         timeout_worker_healthcheck=WORKER_STARTUP_S,
     )
