@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 from pydantic.json_schema import JsonDict
 
 from app.errors import too_large
@@ -49,6 +49,8 @@ def _valid_unicode(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_valid_unicode)]
+# true or false only: the schema says boolean, so 0, 1 or "yes" are refused, not coerced
+Flag = Annotated[bool, Strict()]
 ModelId = Annotated[
     str, Field(pattern=MODEL_ID_PATTERN, description="model id; the default model when omitted")
 ]

@@ -15,6 +15,7 @@ from app.schemas.common import (
     MAX_TEMPERATURE,
     NEW_CHARS_LIMIT,
     TEXT_LIMIT,
+    Flag,
     Limits,
     ModelId,
     Seed,
@@ -32,7 +33,7 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default
 
 
 class StreamOptions(StrictModel):
-    include_usage: bool = Field(default=False, description="send a last chunk with the usage")
+    include_usage: Flag = Field(default=False, description="send a last chunk with the usage")
 
 
 class CompletionRequest(StrictModel):
@@ -54,12 +55,12 @@ class CompletionRequest(StrictModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="default 1")
     top_k: int | None = Field(default=None, ge=0, le=MAX_SAMPLING_TOP_K, description="0: no limit")
     n: int = Field(default=1, ge=1, le=MAX_N)
-    stream: bool = False
+    stream: Flag = False
     stream_options: StreamOptions | None = None
     logprobs: int | None = Field(
         default=None, ge=0, le=MAX_LOGPROBS, description="log-probabilities and k top alternatives"
     )
-    echo: bool = Field(default=False, description="return the prompt before the completion")
+    echo: Flag = Field(default=False, description="return the prompt before the completion")
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
     seed: Seed | None = Field(default=None, description="completion i of a prompt uses seed + i")
     presence_penalty: float | None = Field(default=None, ge=0.0, le=0.0, description="only 0")

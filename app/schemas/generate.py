@@ -15,6 +15,7 @@ from app.schemas.common import (
     MAX_TEMPERATURE,
     NEW_CHARS_LIMIT,
     TEXT_LIMIT,
+    Flag,
     Limits,
     ModelId,
     Seed,
@@ -58,7 +59,7 @@ class GenerateRequest(StrictModel):
         default_factory=list, max_length=MAX_STOPS, description="end a completion before these"
     )
     n: int = Field(default=1, ge=1, le=MAX_N, description="completions to generate")
-    stream: bool = Field(default=False, description="reply with Server-Sent Events")
+    stream: Flag = Field(default=False, description="reply with Server-Sent Events")
 
     def check_limits(self, limits: Limits) -> None:
         check_text(self.prompt, "prompt", limits)

@@ -11,6 +11,7 @@ from app.schemas.common import (
     MAX_SCORE_TOP_K,
     MAX_TEXTS,
     TEXT_LIMIT,
+    Flag,
     Limits,
     ModelId,
     StrictModel,
@@ -42,7 +43,7 @@ class ScoreRequest(StrictModel):
         json_schema_extra=TEXT_LIMIT,
         description="prefix that conditions but is not scored",
     )
-    per_char: bool = Field(default=False, description="return a logprob for every character")
+    per_char: Flag = Field(default=False, description="return a logprob for every character")
     top_k: int = Field(
         default=0, ge=0, le=MAX_SCORE_TOP_K, description="with per_char: the k likeliest characters"
     )
