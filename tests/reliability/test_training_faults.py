@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 import models.files
 from models.checkpoint import load_checkpoint, save_checkpoint
 from tests.reliability.harness import REPO, train_tiny_model
+from training.report import MetricsLog, metrics_path
 from training.resume import resume_path
 
 MAX_STEPS = 40
@@ -88,9 +89,9 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 def train_steps(out: Path) -> list[int]:
-    metrics = out.with_name(out.name.removesuffix(".safetensors") + ".metrics.jsonl")
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return [r["step"] for r in records if r["kind"] == "train"]
+    """Steps of the train records in the metrics file (a line cut by a kill is skipped)."""
+    records = MetricsLog(metrics_path(out)).records()
+    return [int(r["step"]) for r in records if r.get("kind") == "train"]
 
 
 def test_sigkill_then_resume_ends_exactly_as_an_uninterrupted_run(
