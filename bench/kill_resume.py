@@ -7,7 +7,7 @@ killed run must hold exactly the reference's final weights (bit for bit), and it
 list every step once. It prints, per kill, the step saved and the step reached (the work redone).
 
     python -m bench.kill_resume
-    python -m bench.kill_resume --kills 5 --steps 300 --seed 3
+    python -m bench.kill_resume --kills 5 --steps 2000 --seed 3
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def reached_step(out: Path) -> int:
 
 
 def kill_once(args: list[str], out: Path, rng: random.Random, max_wait: float) -> dict[str, int]:
-    """(Re)start, wait for a new save, SIGKILL a random moment later."""
+    """(Re)start, wait for a new save and the next training step, SIGKILL a random moment
+    later."""
     before = saved_step(out)
     process = subprocess.Popen(
         args, cwd=REPO, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -61,6 +62,9 @@ def kill_once(args: list[str], out: Path, rng: random.Random, max_wait: float) -
                 raise RuntimeError("training finished before it could be killed: use more --steps")
             if time.monotonic() > deadline:
                 raise RuntimeError("no save within 300 s")
+            time.sleep(0.01)
+        # past the evaluation and plot that follow a save: the kill lands among training steps
+        while reached_step(out) <= saved_step(out) and process.poll() is None:
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, max_wait))
         process.send_signal(signal.SIGKILL)
@@ -74,8 +78,9 @@ def kill_once(args: list[str], out: Path, rng: random.Random, max_wait: float) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=300, help="training steps of each run")
-    parser.add_argument("--max-wait", type=float, default=1.5, help="seconds after a save (1.5)")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps of each run")
+    parser.add_argument("--eval-interval", type=int, default=100, help="steps between saves")
+    parser.add_argument("--max-wait", type=float, default=0.8, help="seconds after a save")
     parser.add_argument("--seed", type=int, default=0, help="chooses the kill moments")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
@@ -90,14 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         reference = tmp / "reference" / "model.safetensors"
         started = time.monotonic()
-        done = run(train_args(corpus, reference, tmp / "cache", steps=args.steps))
+        done = run(train_args(corpus, reference, tmp / "cache", args.steps, args.eval_interval))
         if done.returncode != 0:
             print(done.stderr[-3000:])
             return 1
         print(f"reference run: {args.steps} steps in {time.monotonic() - started:.0f}s")
 
         killed = tmp / "killed" / "model.safetensors"
-        base = train_args(corpus, killed, tmp / "cache", steps=args.steps)
+        base = train_args(corpus, killed, tmp / "cache", args.steps, args.eval_interval)
         kills = []
         for k in range(args.kills):
             command = base if k == 0 else [*base, "--resume"]

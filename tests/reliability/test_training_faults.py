@@ -26,11 +26,14 @@ from training.resume import resume_path
 MAX_STEPS = 40
 
 
-def train_args(corpus: Path, out: Path, cache: Path, steps: int = MAX_STEPS) -> list[str]:
+def train_args(
+    corpus: Path, out: Path, cache: Path, steps: int = MAX_STEPS, eval_interval: int = 5
+) -> list[str]:
     return [
         sys.executable, "-m", "training", "--data", str(corpus), "--out", str(out),
         "--preset", "tiny", "--hidden-size", "32", "--embed-size", "16", "--seq-len", "16",
-        "--batch-size", "4", "--eval-interval", "5", "--log-interval", "1", "--sample-chars", "0",
+        "--batch-size", "4", "--eval-interval", str(eval_interval), "--log-interval", "1",
+        "--sample-chars", "0",
         "--cache-dir", str(cache), "--device", "cpu", "--max-steps", str(steps), "--seed", "7",
     ]  # fmt: skip
 
