@@ -8,7 +8,8 @@ them; ``schema_valid_request_accepted`` replaces that check and allows exactly t
   asked to infill, a bidirectional one asked to generate), or that several models are loaded and
   the request names none;
 - 404 for a model id that matches the id pattern but names no loaded model;
-- 413 for a masked-character count (the number of mask characters is not a schema property);
+- 413 for a masked-character count or for per-character output (texts x characters x
+  alternatives) over the server's bound: products of sizes are not schema properties;
 - 422 for a rule between fields (``param == "body"``: ``stream_options`` without ``stream``,
   ``top_k`` without ``per_char``, ``logprobs`` with ``stream``), each stated in the field docs.
 
@@ -38,7 +39,7 @@ SEMANTIC_400 = {
     "invalid_infill",
 }
 SEMANTIC_404 = {"model_not_found", "model_unavailable"}
-SEMANTIC_413 = {"too_many_masked_chars"}
+SEMANTIC_413 = {"too_many_masked_chars", "per_char_output_too_large"}
 OPEN_PATHS = {"/health", "/ready", "/metrics", "/openapi.json", "/docs", "/redoc", "/"}
 
 
