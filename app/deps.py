@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import AUTHENTICATION, APIError
 from app.metrics import Metrics
@@ -42,20 +43,51 @@ def key_matches(candidate: bytes, keys: list[bytes]) -> bool:
     return found
 
 
-def require_api_key(request: Request, services: ServicesDep) -> None:
-    """401 unless API keys are off or the request carries ``Authorization: Bearer <a key>``."""
-    if not services.api_keys:
-        return
-    header = request.headers.get("authorization", "")
+def authorization_error(header: str, keys: list[bytes]) -> APIError | None:
+    """The 401 for an ``Authorization`` header value; None when keys are off or it holds one."""
+    if not keys:
+        return None
     scheme, _, token = header.partition(" ")
     if not header:
         message, code = "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key"
     elif scheme.lower() != "bearer" or not token.strip():
         message, code = "the Authorization header must be 'Bearer <key>'", "invalid_api_key"
-    elif not key_matches(token.strip().encode("utf-8", "surrogateescape"), services.api_keys):
+    elif not key_matches(token.strip().encode("utf-8", "surrogateescape"), keys):
         message, code = "invalid API key", "invalid_api_key"
     else:
-        return
-    raise APIError(
+        return None
+    return APIError(
         401, message, type=AUTHENTICATION, code=code, headers={"WWW-Authenticate": "Bearer"}
     )
+
+
+def require_api_key(request: Request, services: ServicesDep) -> None:
+    """401 unless API keys are off or the request carries ``Authorization: Bearer <a key>``."""
+    error = authorization_error(request.headers.get("authorization", ""), services.api_keys)
+    if error is not None:
+        raise error
+
+
+class APIKeyMiddleware:
+    """The key check of ``require_api_key`` for ``POST`` requests to ``paths``, before anything
+    else looks at them: a client without a valid key gets 401 before the server reads or parses
+    a byte of its body (the route dependency runs only after the body is parsed, so a malformed
+    body got its 400/422 first). Other requests keep the dependency, and routing's 404/405."""
+
+    def __init__(self, app: ASGIApp, keys: list[bytes], paths: frozenset[str]) -> None:
+        self.app = app
+        self.keys = keys
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guarded = scope["type"] == "http" and scope["method"] == "POST"
+        if self.keys and guarded and scope["path"] in self.paths:
+            header = next(
+                (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"authorization"),
+                "",
+            )
+            error = authorization_error(header, self.keys)
+            if error is not None:
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -14,9 +14,10 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 
 from app.admission import AdmissionMiddleware
-from app.deps import Services, require_api_key
+from app.deps import APIKeyMiddleware, Services, require_api_key
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -69,8 +70,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     secured = [Depends(require_api_key)]
     app.include_router(health.router)
     app.include_router(playground.router)
-    for router in (models.router, score.router, generate.router, completions.router, infill.router):
+    secured_routers = (models.router, score.router, generate.router, completions.router)
+    for router in (*secured_routers, infill.router):
         app.include_router(router, dependencies=secured)
+    # the POST routes that read a body: their key is checked before the body (APIKeyMiddleware)
+    posts = frozenset(
+        route.path
+        for router in (*secured_routers, infill.router)
+        for route in router.routes
+        if isinstance(route, APIRoute) and "POST" in (route.methods or ())
+    )
 
     # middleware: the last added runs first (request ids wrap everything)
     app.add_middleware(
@@ -79,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body_timeout_s=settings.body_timeout_s,
     )
     app.add_middleware(AdmissionMiddleware, engines=store.engines)  # 429 early when all are full
+    app.add_middleware(APIKeyMiddleware, keys=keys, paths=posts)  # 401 before a body is read
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
