@@ -56,21 +56,6 @@ def _error(response: Any) -> dict[str, Any]:
     return error
 
 
-# A body that is not JSON at all is refused (400 or 422, param "body") by the framework while it
-# reads the body, before route dependencies such as the key check run. The answer says only that
-# the body is unreadable; no model work happens. Recorded in docs/reliability.md.
-UNPARSABLE_BEFORE_AUTH = True
-
-
-def _unparsable_body(response: Any) -> bool:
-    if not UNPARSABLE_BEFORE_AUTH or response.status_code not in (400, 422):
-        return False
-    error = _error(response)
-    return error["code"] == "bad_request" or str(error["message"]).startswith(
-        "the body is not valid JSON"
-    )
-
-
 def _path(case: Any) -> str:
     return str(case.operation.path)
 
@@ -90,8 +75,6 @@ def api_key_enforced(ctx: Any, response: Any, case: Any) -> None:
     documented = str(case.method).upper() == str(case.operation.method).upper()
     secured = _path(case).startswith("/v1/") and documented
     if mode == "without-key" and secured:
-        if _unparsable_body(response):
-            return  # refused while parsing, before the key check: see UNPARSABLE_BEFORE_AUTH
         if response.status_code != 401:
             raise AssertionError(
                 f"{case.method} {_path(case)} answered {response.status_code} without an API key"

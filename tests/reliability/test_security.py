@@ -91,7 +91,11 @@ def test_keys_are_compared_in_constant_time(secured: Any, monkeypatch: pytest.Mo
     for header in ("Bearer " + WRONG, "Bearer " + FILE_KEYS[0], "Bearer " + FILE_KEYS[1]):
         calls.clear()
         secured.get("/v1/models", headers={"Authorization": header})
-        assert sorted(b for _, b in calls) == sorted(k.encode() for k in FILE_KEYS), header
+        compared = [b for _, b in calls]
+        # every key, the same number of times (checked before the body and by the route)
+        assert compared, header
+        assert sorted(set(compared)) == sorted(k.encode() for k in FILE_KEYS), header
+        assert all(compared.count(k) == compared.count(compared[0]) for k in compared), header
 
 
 def test_keys_never_reach_the_logs_in_process(
@@ -158,3 +162,19 @@ def test_a_checkpoint_outside_the_folder_is_not_reachable(
         assert response.status_code in (404, 422)
     ids = [m["id"] for m in secured.get("/v1/models", headers=headers).json()["data"]]
     assert "outside" not in ids
+
+
+@pytest.mark.parametrize(
+    "body", [b"{not json", b"\xff\xfe\x00", b'{"texts": ["a"]}', b"x" * 150_000]
+)
+def test_the_key_is_checked_before_the_body_is_read(keyed_server: Server, body: bytes) -> None:
+    """Without a key every /v1 request is a 401, whatever its body: malformed JSON, undecodable
+    bytes, a valid request, a large body (refused without being read)."""
+    response = httpx.post(
+        keyed_server.url + "/v1/score",
+        content=body,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "missing_api_key"
