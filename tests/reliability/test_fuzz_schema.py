@@ -42,7 +42,9 @@ def run_schemathesis(
     args += ["--config-file", str(HERE / "schemathesis.toml"), "run", url + "/openapi.json"]
     args += ["--checks", "all", "--exclude-checks", "positive_data_acceptance"]
     args += ["--max-examples", str(max_examples), "--seed", str(seed), "--workers", "2"]
-    args += ["--request-timeout", "60", "--generation-database", "none"]
+    # latency is the soak's business: on a busy shared CPU a fuzzed request may take seconds
+    args += ["--request-timeout", "120", "--max-response-time", "120"]
+    args += ["--generation-database", "none"]
     if auth == "with-key":
         args += ["-H", f"Authorization: Bearer {API_KEY}"]
     args += extra or []
