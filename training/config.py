@@ -31,8 +31,8 @@ class TrainConfig:
     num_layers: int = 2
     dropout: float = 0.0
     tie_weights: bool = False
-    seq_len: int = 128
-    batch_size: int = 16
+    seq_len: int = 32
+    batch_size: int = 64
     optimizer: str = "adamw"
     lr: float = 4e-3
     final_lr_fraction: float = 0.05
@@ -122,8 +122,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "embed_size": 64,
         "hidden_size": 256,
         "num_layers": 2,
-        "seq_len": 128,
-        "batch_size": 16,
+        "seq_len": 32,
+        "batch_size": 64,
         "lr": 4e-3,
         "dropout": 0.0,
         "eval_interval": 200,
