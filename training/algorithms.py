@@ -44,11 +44,14 @@ class TruncatedBPTT:
         self.optimizer = optimizer
         self.grad_clip = grad_clip
         self.device = device
+        #: mixed precision for the forward pass (None = float32); the trainer sets it from
+        #: the configured precision
+        self.autocast_dtype: torch.dtype | None = None
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
-        if self.device.type == "cuda":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def __call__(self, inputs: Tensor, targets: Tensor, state: State) -> tuple[Tensor, State]:
         with self._autocast():

@@ -23,6 +23,7 @@ from training.data import CorpusError, load_corpus, read_text_file, resolve_file
 from training.esn import train_esn
 from training.evaluate import evaluate_docs
 from training.loop import Trainer
+from training.precision import PRECISIONS
 from training.report import ProgressReporter, Reporter
 from training.resume import ResumeError, load_resume, resume_path
 
@@ -36,6 +37,7 @@ _RESUMABLE = {
     "sample_chars",
     "eval_max_chars",
     "device",
+    "precision",
 }
 _DATA_FLAGS = {"data", "val_data", "cache_dir", "out", "resume"}
 
@@ -140,6 +142,12 @@ def _train_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--seed", type=int, help="random seed (1234)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (auto)")
+    g.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="forward-pass arithmetic: bf16 mixed precision, fp32, or auto = bf16 on CUDA and"
+        " on CPUs with AMX, fp32 elsewhere (auto)",
+    )
     g = p.add_argument_group("output")
     g.add_argument(
         "--out",
@@ -209,6 +217,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 f" {len(corpus.vocab)}, {len(corpus.train_ids):,} training and"
                 f" {corpus.num_val_chars:,} validation characters, {context.world_size} process(es)"
                 f", {torch.get_num_threads()} threads on {context.device}"
+                f", {'bf16 mixed' if trainer.autocast_dtype else 'fp32'} precision"
             )
         result = trainer.run()
     except (CorpusError, StreamError, ResumeError, ValueError) as exc:

@@ -8,6 +8,7 @@ from typing import Any
 
 from models.config import ModelConfig
 from training.algorithms import ALGORITHMS
+from training.precision import PRECISIONS
 
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
@@ -49,6 +50,7 @@ class TrainConfig:
     sample_chars: int = 200
     seed: int = 1234
     device: str = "auto"
+    precision: str = "auto"
     val_fraction: float = 0.1
     min_char_count: int = 2
 
@@ -57,6 +59,14 @@ class TrainConfig:
             (self.algorithm in ALGORITHMS, f"algorithm must be one of {', '.join(ALGORITHMS)}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
+            (
+                self.precision in PRECISIONS,
+                f"precision must be one of {', '.join(PRECISIONS)}",
+            ),
+            (
+                self.precision != "bf16" or self.algorithm == "bptt",
+                "precision bf16 applies to the bptt algorithm only",
+            ),
             (self.seq_len >= 1, "seq_len must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),

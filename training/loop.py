@@ -25,12 +25,13 @@ from models.checkpoint import save_checkpoint
 from models.registry import build_model
 from models.sampling import SamplingParams, generate
 from training import distributed
-from training.algorithms import ALGORITHMS
+from training.algorithms import ALGORITHMS, TruncatedBPTT
 from training.batches import StreamBatcher
 from training.config import TrainConfig
 from training.data import Corpus
 from training.distributed import DistContext
 from training.evaluate import EvalResult, evaluate_docs, limit_docs
+from training.precision import autocast_dtype
 from training.report import MetricsLog, Reporter, draw_plot, metrics_path, plot_path
 from training.snapshot import restore_snapshot, write_snapshot
 
@@ -116,6 +117,11 @@ class Trainer:
         self.train_step = ALGORITHMS[config.algorithm](
             self.module, self.optimizer, config.grad_clip, self.device
         )
+        self.autocast_dtype = (
+            autocast_dtype(config.precision, self.device) if config.algorithm == "bptt" else None
+        )
+        if isinstance(self.train_step, TruncatedBPTT):
+            self.train_step.autocast_dtype = self.autocast_dtype
         self.batcher = StreamBatcher(
             corpus.train_ids,
             config.batch_size,
