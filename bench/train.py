@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     next_eval = dict.fromkeys(runners, args.eval_every)
     print(f"threads {threads}; budget {args.budget:.0f}s each; slices of {args.slice:.0f}s")
     print(f"charlm config: {json.dumps(config.to_dict(), sort_keys=True)}")
+    print(f"charlm arithmetic: {charlm.autocast_dtype or torch.float32}; reference: torch.float32")
     order = list(runners)
     turn = 0
     wall_start = time.perf_counter()

@@ -288,7 +288,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="charlm-eval",
         description="Score UTF-8 text with a checkpoint; each file is one text, as the server"
-        " scores it (BOS first, every character scored, state carried through the file).",
+        " scores it (BOS first, every character scored, state carried through the file)."
+        ' Bidirectional models give a pseudo-log-likelihood ("likelihood": "pseudo").',
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors checkpoint")
     p.add_argument("--data", nargs="+", required=True, help="files, folders or globs to score")
@@ -312,6 +313,9 @@ def eval_main(argv: list[str] | None = None) -> int:
         "num_files": len(files),
         "checkpoint": str(args.checkpoint),
         "arch": loaded.config.arch,
+        # a bidirectional model also sees each character's right context: its figure is a
+        # pseudo-log-likelihood, not comparable with a left-to-right model's
+        "likelihood": "exact" if loaded.model.can_generate else "pseudo",
     }
     print(json.dumps(report))
     return 0

@@ -63,10 +63,22 @@ def test_eval_prints_the_scoring_figures(
         report
     )
     assert report["num_chars"] == len(text) and report["num_unknown"] == 1
+    assert report["likelihood"] == "exact"
     loaded = load_checkpoint(checkpoint)
     (score,) = score_texts(loaded.model, loaded.vocab, [text])
     assert report["nats_per_char"] == pytest.approx(score.nats_per_char, rel=1e-9)
     assert report["bits_per_char"] == pytest.approx(score.bits_per_char, rel=1e-9)
+
+
+def test_eval_labels_a_bidirectional_figure_as_pseudo_likelihood(
+    tmp_path: Path, corpus_file: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bi.safetensors"
+    assert _train(corpus_file, out, cache_dir, "--arch", "bilstm", "--max-steps", "5") == 0
+    capsys.readouterr()
+    assert eval_main(["--checkpoint", str(out), "--data", str(corpus_file)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["arch"] == "bilstm" and report["likelihood"] == "pseudo"
 
 
 def test_eval_reports_bad_input_clearly(
