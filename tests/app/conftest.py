@@ -6,17 +6,10 @@ scores are those of a model that learned something. Nothing is downloaded.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import torch
 
@@ -26,17 +19,9 @@ from models.checkpoint import save_checkpoint
 from models.config import ModelConfig
 from models.registry import build_model
 from models.vocab import BOS_ID, CharVocab
+from tests.support import LiveServer, make_corpus, start_server, stop_server
 
-REPO = Path(__file__).resolve().parents[2]
 MODEL_ID = "tiny"
-
-
-def make_corpus() -> str:
-    lines = []
-    for i in range(300):
-        word = ["alpha", "beta", "gamma", "delta"][i % 4]
-        lines.append(f"{word} {i % 7} {word[::-1]}.")
-    return "\n".join(lines) + "\n"
 
 
 def train_tiny_lstm(corpus: str, steps: int = 300, seed: int = 0) -> tuple[Any, CharVocab]:
@@ -96,55 +81,6 @@ def client(models_dir: Path) -> Iterator[Any]:
 
     with TestClient(create_app(make_settings(models_dir))) as test_client:
         yield test_client
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class LiveServer:
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-
-def start_server(models_dir: Path, log_path: Path, **env: str) -> LiveServer:
-    """``charlm-serve`` (through ``python -m app.cli``) on a free port; waits until ready."""
-    port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CHARLM_")}
-    environ.update({"CHARLM_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1", **env})
-    args = [sys.executable, "-m", "app.cli", "--models-dir", str(models_dir)]
-    args += ["--host", "127.0.0.1", "--port", str(port)]
-    handle = log_path.open("wb")
-    process = subprocess.Popen(args, cwd=REPO, env=environ, stdout=handle, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{log_path.read_text()}")
-        try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return LiveServer(url, process, log_path)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"server did not become ready:\n{log_path.read_text()}")
-
-
-def stop_server(server: LiveServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(timeout=5)
 
 
 @pytest.fixture(scope="session")

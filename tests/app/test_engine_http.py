@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tests.app.conftest import start_server, stop_server
+from tests.support import start_server, stop_server
 
 
 async def _data_events(lines: AsyncIterator[str]) -> AsyncIterator[Any]:

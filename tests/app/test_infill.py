@@ -16,7 +16,8 @@ from models.config import ModelConfig
 from models.infill import pll_score_texts
 from models.registry import build_model
 from models.vocab import CharVocab
-from tests.app.conftest import make_corpus, make_settings, train_tiny_lstm
+from tests.app.conftest import make_settings, train_tiny_lstm
+from tests.support import make_corpus
 
 
 def train_tiny_bilstm(corpus: str, steps: int = 250) -> tuple[Any, CharVocab]:

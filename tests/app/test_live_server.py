@@ -16,7 +16,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.app.conftest import REPO, LiveServer, start_server, stop_server
+from tests.support import REPO, LiveServer, start_server, stop_server
 
 
 def openai_client(server: LiveServer, key: str = "unused") -> openai.OpenAI:

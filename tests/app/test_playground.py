@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.app.conftest import LiveServer, start_server, stop_server
+from tests.support import LiveServer, start_server, stop_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

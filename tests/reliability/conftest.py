@@ -11,13 +11,12 @@ import pytest
 
 from tests.reliability.harness import (
     HostileFiles,
-    Server,
-    start_server,
-    stop_server,
     write_bidirectional_model,
     write_good_model,
     write_hostile_models,
 )
+from tests.support import LiveServer as Server
+from tests.support import start_server, stop_server
 
 API_KEY = "sk-charlm-reliability-7f3a9c1e5b"  # long and unique, so a log search is meaningful
 # limits low enough that fuzzed requests stay cheap, published in the OpenAPI document

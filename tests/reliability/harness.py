@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import torch
 from safetensors.torch import save_file
 
@@ -23,17 +18,9 @@ from models.checkpoint import save_checkpoint
 from models.config import ModelConfig
 from models.registry import build_model
 from models.vocab import BOS_ID, CharVocab
+from tests.support import make_corpus
 
-REPO = Path(__file__).resolve().parents[2]
 GOOD_MODEL = "tiny"
-SERVER_START_S = 90.0  # a loaded machine imports torch slowly
-
-
-def make_corpus(lines: int = 300) -> str:
-    """A small generated text: a few words, digits and punctuation, repeated with variation."""
-    words = ["alpha", "beta", "gamma", "delta"]
-    rows = [f"{words[i % 4]} {i % 7} {words[i % 4][::-1]}." for i in range(lines)]
-    return "\n".join(rows) + "\n"
 
 
 def train_tiny_model(
@@ -136,63 +123,6 @@ def write_hostile_models(folder: Path, good: Path, marker: Path) -> HostileFiles
 
 
 # ---------------------------------------------------------------------------- live servers
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-
-def start_server(models_dir: Path, log_path: Path, **env: str) -> Server:
-    """``charlm-serve`` (``python -m app.cli``) on a free port of 127.0.0.1; waits for /ready."""
-    port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CHARLM_")}
-    environ.update({"CHARLM_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1", **env})
-    args = [sys.executable, "-m", "app.cli", "--models-dir", str(models_dir)]
-    args += ["--host", "127.0.0.1", "--port", str(port)]
-    handle = log_path.open("wb")
-    process = subprocess.Popen(args, cwd=REPO, env=environ, stdout=handle, stderr=subprocess.STDOUT)
-    handle.close()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{log_path.read_text()}")
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return Server(url, process, log_path)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    process.wait()
-    raise RuntimeError(f"server did not become ready:\n{log_path.read_text()}")
-
-
-def stop_server(server: Server, timeout_s: float = 20.0) -> int:
-    """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
-    if server.process.poll() is None:
-        server.process.terminate()
-    try:
-        return server.process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        return server.process.wait(timeout=10)
-
-
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process (Linux ``/proc``)."""
     with open(f"/proc/{pid}/status", encoding="ascii") as handle:

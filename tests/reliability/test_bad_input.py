@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.reliability.conftest import API_KEY
-from tests.reliability.harness import Server
+from tests.support import LiveServer as Server
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 BODY_TIMEOUT_S = 3.0  # CHARLM_BODY_TIMEOUT_S of keyed_server

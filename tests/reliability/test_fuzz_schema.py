@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from tests.reliability.conftest import API_KEY
-from tests.reliability.harness import REPO, Server
+from tests.support import REPO
+from tests.support import LiveServer as Server
 
 HERE = Path(__file__).resolve().parent
 FUZZ_MODELS = "tiny,bi,truncated"  # two that serve and one that is listed as unavailable

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 
 from tests.reliability.conftest import API_KEY, ModelsFolder
-from tests.reliability.harness import Server
+from tests.support import LiveServer as Server
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 REASONS = {  # what each bad file's reason must say

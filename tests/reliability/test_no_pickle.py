@@ -15,7 +15,7 @@ import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint
 from tests.reliability.conftest import ModelsFolder
-from tests.reliability.harness import REPO
+from tests.support import REPO
 
 PACKAGES = ("models", "training", "app")
 FORBIDDEN_MODULES = {"pickle", "cPickle", "dill", "joblib", "marshal", "shelve", "cloudpickle"}

@@ -18,7 +18,7 @@ import app.deps
 from app.main import create_app
 from app.settings import Settings
 from tests.reliability.conftest import API_KEY, ModelsFolder
-from tests.reliability.harness import Server
+from tests.support import LiveServer as Server
 
 FILE_KEYS = ["sk-file-key-one-0a1b2c3d4e", "sk-file-key-two-5f6a7b8c9d"]
 WRONG = "sk-wrong-key-that-must-not-be-logged-42"

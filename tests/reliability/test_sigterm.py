@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from tests.reliability.conftest import ModelsFolder
-from tests.reliability.harness import start_server
+from tests.support import start_server
 
 GRACE_S = 1.0
 LONG = 4000  # characters: far more than the grace period lets a loaded server generate

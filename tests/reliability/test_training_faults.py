@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 import models.files
 from models.checkpoint import load_checkpoint, save_checkpoint
-from tests.reliability.harness import REPO, train_tiny_model
+from tests.reliability.harness import train_tiny_model
+from tests.support import REPO
 from training.report import MetricsLog, metrics_path
 from training.resume import resume_path
 
