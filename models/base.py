@@ -57,6 +57,16 @@ class CharLM(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def zero_layer_state(
+        self, batch_size: int, device: torch.device | str | None, tensors: int
+    ) -> State:
+        """``tensors`` zero tensors (B, num_layers, hidden_size) in the weights' dtype."""
+        device = device if device is not None else self.device
+        cfg = self.config
+        shape = (batch_size, cfg.num_layers, cfg.hidden_size)
+        dtype = next(self.parameters()).dtype
+        return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(tensors))
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         params = self.parameters()
         return sum(p.numel() for p in params if p.requires_grad or not trainable_only)

@@ -70,13 +70,7 @@ class _FusedRecurrentLM(CharLM):
         return logits, tuple(s.transpose(0, 1) for s in parts)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
-        device = device if device is not None else self.device
-        cfg = self.config
-        shape = (batch_size, cfg.num_layers, cfg.hidden_size)
-        dtype = self.head.weight.dtype
-        return tuple(
-            torch.zeros(shape, device=device, dtype=dtype) for _ in range(self.state_tensors)
-        )
+        return self.zero_layer_state(batch_size, device, self.state_tensors)
 
 
 @register
