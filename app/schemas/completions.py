@@ -97,6 +97,9 @@ class CompletionRequest(StrictModel):
         return pick_seeds(self.seed, self.n)
 
     def check_limits(self, limits: Limits) -> None:
+        if self.max_tokens is None or "max_tokens" not in self.model_fields_set:
+            # omitted or null: OpenAI's default, lowered (not refused) by a stricter server
+            self.max_tokens = min(DEFAULT_MAX_TOKENS, limits.max_new_chars)
         prompts = self.prompts()
         for i, prompt in enumerate(prompts):
             check_text(prompt, "prompt" if len(prompts) == 1 else f"prompt.{i}", limits)

@@ -47,7 +47,7 @@ class GenerateRequest(StrictModel):
         default=256,
         ge=0,
         json_schema_extra=NEW_CHARS_LIMIT,
-        description="characters to generate at most",
+        description="characters to generate at most (256, or the server's limit if lower)",
     )
     temperature: float = Field(default=1.0, ge=0.0, le=MAX_TEMPERATURE, description="0: greedy")
     top_k: int = Field(default=0, ge=0, le=MAX_SAMPLING_TOP_K, description="0: no limit")
@@ -63,6 +63,9 @@ class GenerateRequest(StrictModel):
 
     def check_limits(self, limits: Limits) -> None:
         check_text(self.prompt, "prompt", limits)
+        if "max_chars" not in self.model_fields_set:
+            # an omitted length means "the usual", so a stricter server lowers it, not refuses it
+            self.max_chars = min(self.max_chars, limits.max_new_chars)
         check_new_chars(self.max_chars, "max_chars", limits)
 
     def sampling_params(self) -> SamplingParams:

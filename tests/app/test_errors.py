@@ -94,6 +94,15 @@ def test_text_and_new_char_limits(models_dir: Path) -> None:
         assert error["param"] == "max_chars"
         assert_error(small.post("/v1/completions", json={"max_tokens": 21}), 413)
         assert small.post("/v1/generate", json={"max_chars": 20}).status_code == 200
+        # an omitted length takes the server's limit when that is below the default of 256
+        reply = small.post("/v1/generate", json={"prompt": "a", "temperature": 0})
+        (completion,) = reply.json()["completions"]
+        assert len(completion["text"]) == 20 and completion["finish_reason"] == "length"
+    with TestClient(create_app(make_settings(models_dir, max_new_chars=5))) as tiny_limit:
+        reply = tiny_limit.post("/v1/completions", json={"prompt": "a", "temperature": 0})
+        assert reply.status_code == 200, reply.text
+        (choice,) = reply.json()["choices"]
+        assert len(choice["text"]) == 5 and choice["finish_reason"] == "length"
 
 
 def test_generation_on_a_model_that_cannot_generate_is_a_400(tmp_path: Path) -> None:
