@@ -21,9 +21,21 @@ from training.rtrl import RealTimeRecurrentLearning
 
 
 class TrainStep(Protocol):
-    """One update from ``inputs``/``targets`` (B, T); returns the mean loss and the new state."""
+    """One update from ``inputs``/``targets`` (B, T); returns the mean loss and the new state.
+
+    An algorithm that carries tensors of its own from chunk to chunk (besides the model's state)
+    hands them out through ``carried`` so a resumed run continues exactly, takes them back
+    through ``restore_carried``, and drops what belongs to the streams in ``reset_streams`` when
+    the streams start again from a fresh state.
+    """
 
     def __call__(self, inputs: Tensor, targets: Tensor, state: State) -> tuple[Tensor, State]: ...
+
+    def carried(self) -> dict[str, Tensor]: ...
+
+    def restore_carried(self, tensors: dict[str, Tensor]) -> None: ...
+
+    def reset_streams(self) -> None: ...
 
 
 class TruncatedBPTT:
@@ -63,6 +75,15 @@ class TruncatedBPTT:
             nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
         self.optimizer.step()
         return loss.detach(), detach_state(new_state)
+
+    def carried(self) -> dict[str, Tensor]:
+        return {}  # the state alone links one chunk to the next
+
+    def restore_carried(self, tensors: dict[str, Tensor]) -> None:
+        pass
+
+    def reset_streams(self) -> None:
+        pass
 
 
 #: name -> factory(module, optimizer, grad_clip, device)

@@ -146,3 +146,22 @@ class DecoupledEKF:
             hidden[row] = h
             self.sens[row] = sens
         return torch.tensor(total / (batch * steps)), (hidden.unsqueeze(1),)
+
+    def carried(self) -> dict[str, Tensor]:
+        tensors = {
+            "cov_hidden": self.cov_hidden,
+            "cov_embed": self.cov_embed,
+            "cov_output": self.cov_output,
+        }
+        if self.sens is not None:
+            tensors["sensitivity"] = self.sens
+        return tensors
+
+    def restore_carried(self, tensors: dict[str, Tensor]) -> None:
+        for name in ("cov_hidden", "cov_embed", "cov_output"):
+            if name in tensors:
+                getattr(self, name).copy_(tensors[name])
+        self.sens = tensors.get("sensitivity")
+
+    def reset_streams(self) -> None:
+        self.sens = None  # the covariances describe the weights and stay

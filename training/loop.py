@@ -106,6 +106,9 @@ class Trainer:
         self.ctx = context or DistContext(device=distributed.choose_device(config.device))
         self.reporter = reporter or Reporter()
         self.device = self.ctx.device
+        if self.ctx.enabled and config.algorithm != "bptt":
+            # they update the weights without DistributedDataParallel's gradient averaging
+            raise ValueError(f"--algorithm {config.algorithm} trains in one process only")
         torch.manual_seed(config.seed)  # same initial weights on every rank
         self.model = build_model(config.model_config(len(corpus.vocab))).to(self.device)
         self.module: torch.nn.Module = self.model
@@ -234,6 +237,7 @@ class Trainer:
         inputs, targets, new_epoch = self.batcher.next_batch()
         if new_epoch:
             self.state = self.model.initial_state(self.config.batch_size, self.device)
+            self.train_step.reset_streams()
         lr = learning_rate(self.config, self.step, self.progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr

@@ -52,6 +52,7 @@ class ResumeState:
     optimizer: dict[str, Any]  # torch optimizer state_dict
     carried: tuple[torch.Tensor, ...] = ()
     rng: dict[str, torch.Tensor] = field(default_factory=dict)
+    algorithm: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. RTRL's sensitivity
 
 
 def _split_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -77,6 +78,8 @@ def save_resume(path: str | os.PathLike[str], resume: ResumeState) -> None:
         tensors[f"state/{i}"] = value.detach().to("cpu").contiguous()
     for name, value in resume.rng.items():
         tensors[f"rng/{name}"] = value.detach().to("cpu").contiguous()
+    for name, value in resume.algorithm.items():
+        tensors[f"algorithm/{name}"] = value.detach().to("cpu").contiguous()
     info = {
         "format": RESUME_FORMAT,
         "version": RESUME_VERSION,
@@ -106,6 +109,9 @@ def load_resume(path: str | os.PathLike[str]) -> ResumeState:
         raise ResumeError(f"{path}: resume format {info.get('version')!r} is not supported")
     model = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
     rng = {k.removeprefix("rng/"): v for k, v in tensors.items() if k.startswith("rng/")}
+    algorithm = {
+        k.removeprefix("algorithm/"): v for k, v in tensors.items() if k.startswith("algorithm/")
+    }
     carried = tuple(tensors[f"state/{i}"] for i in range(int(info["num_carried"])))
     rest = info.pop("optimizer")
     optim_state: dict[int, dict[str, Any]] = {}
@@ -116,4 +122,6 @@ def load_resume(path: str | os.PathLike[str]) -> ResumeState:
     for index, entry in rest["scalars"].items():
         optim_state.setdefault(int(index), {}).update(entry)
     optimizer = {"state": optim_state, "param_groups": rest["param_groups"]}
-    return ResumeState(info=info, model=model, optimizer=optimizer, carried=carried, rng=rng)
+    return ResumeState(
+        info=info, model=model, optimizer=optimizer, carried=carried, rng=rng, algorithm=algorithm
+    )

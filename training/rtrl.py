@@ -178,3 +178,12 @@ class RealTimeRecurrentLearning:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         return loss.detach(), new_state
+
+    def carried(self) -> dict[str, Tensor]:
+        return {} if self.sens is None else {"sensitivity": self.sens}
+
+    def restore_carried(self, tensors: dict[str, Tensor]) -> None:
+        self.sens = tensors.get("sensitivity")
+
+    def reset_streams(self) -> None:
+        self.sens = None  # a fresh state does not depend on the weights

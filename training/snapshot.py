@@ -47,6 +47,7 @@ def write_snapshot(trainer: Trainer) -> None:
         optimizer=trainer.optimizer.state_dict(),
         carried=carried,
         rng=rng,
+        algorithm=trainer.train_step.carried(),
     )
     save_resume(resume_path(trainer.out), state)
 
@@ -70,6 +71,9 @@ def restore_snapshot(trainer: Trainer) -> None:
     b = trainer.config.batch_size
     rows = slice(trainer.ctx.rank * b, (trainer.ctx.rank + 1) * b)
     trainer.state = tuple(s[rows].to(trainer.device) for s in saved.carried)
+    trainer.train_step.restore_carried(
+        {name: t.to(trainer.device) for name, t in saved.algorithm.items()}
+    )
     torch.set_rng_state(saved.rng["torch"][trainer.ctx.rank].clone())
     if "cuda" in saved.rng and trainer.device.type == "cuda":
         torch.cuda.set_rng_state(saved.rng["cuda"][trainer.ctx.rank].clone(), trainer.device)

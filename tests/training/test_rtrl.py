@@ -1,9 +1,13 @@
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from models.config import ModelConfig
 from models.registry import build_model
+from training.report import Reporter
 from training.rtrl import RealTimeRecurrentLearning, rtrl_gradients
 
 
@@ -97,3 +101,46 @@ def test_charlm_train_algorithm_flag(algorithm: str, tiny_corpus: str, tmp_path)
     loaded = load_checkpoint(out)
     assert loaded.train_config["algorithm"] == algorithm
     assert loaded.training["step"] == 4
+
+
+class StopAfter(Reporter):
+    """Asks the trainer to stop once ``step`` steps are done, as SIGINT does."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.trainer: Any = None
+
+    def train(self, record: dict[str, Any]) -> None:
+        if record["step"] >= self.step:
+            self.trainer.stop.requested = True
+
+
+@pytest.mark.parametrize("algorithm", ["rtrl", "ekf"])
+def test_a_resumed_run_continues_the_algorithms_own_tensors(
+    algorithm: str, tiny_corpus: str, tmp_path: Path
+) -> None:
+    from training.config import TrainConfig
+    from training.data import load_corpus
+    from training.loop import Trainer
+    from training.resume import load_resume, resume_path
+
+    corpus_file = tmp_path / "corpus.txt"
+    corpus_file.write_text(tiny_corpus, encoding="utf-8")
+    corpus = load_corpus([str(corpus_file)], cache_dir=tmp_path / "cache")
+    config = TrainConfig(
+        arch="rnn", algorithm=algorithm, num_layers=1, hidden_size=6, embed_size=4,
+        batch_size=2, seq_len=8, max_steps=8, eval_interval=100, sample_chars=0, lr=1e-2,
+        log_interval=1,
+    )  # fmt: skip
+    whole = Trainer(config, corpus, tmp_path / "whole.safetensors")
+    whole.run()
+    first = Trainer(config, corpus, tmp_path / "parts.safetensors", reporter=StopAfter(4))
+    first.reporter.trainer = first  # type: ignore[attr-defined]
+    assert first.run().stop_reason == "interrupted"
+    saved = load_resume(resume_path(tmp_path / "parts.safetensors"))
+    assert "sensitivity" in saved.algorithm  # carried across chunks, so saved with the run
+    second = Trainer(config, corpus, tmp_path / "parts.safetensors", resume=True)
+    assert second.step == 4
+    second.run()
+    for name, tensor in whole.model.state_dict().items():
+        torch.testing.assert_close(second.model.state_dict()[name], tensor, atol=1e-6, rtol=0)
