@@ -27,7 +27,8 @@ class Services:
     limits: Limits
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool (a thread hop per request)
     services: Services = request.app.state.services
     return services
 
@@ -61,7 +62,7 @@ def authorization_error(header: str, keys: list[bytes]) -> APIError | None:
     )
 
 
-def require_api_key(request: Request, services: ServicesDep) -> None:
+async def require_api_key(request: Request, services: ServicesDep) -> None:
     """401 unless API keys are off or the request carries ``Authorization: Bearer <a key>``."""
     error = authorization_error(request.headers.get("authorization", ""), services.api_keys)
     if error is not None:

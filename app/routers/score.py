@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter
+from starlette.responses import Response
 
 from app.deps import ServicesDep
 from app.errors import APIError, ErrorResponse
+from app.json_response import model_response
 from app.schemas.score import (
     ScoreMode,
     ScoreRequest,
@@ -23,8 +25,8 @@ router = APIRouter(prefix="/v1", tags=["score"])
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}
 
 
-@router.post("/score", responses=_ERRORS)  # type: ignore[arg-type]
-async def score(request: ScoreRequest, services: ServicesDep) -> ScoreResponse:
+@router.post("/score", response_model=ScoreResponse, responses=_ERRORS)  # type: ignore[arg-type]
+async def score(request: ScoreRequest, services: ServicesDep) -> Response:
     """Score each text from the start of a document (after ``<bos>`` and ``context``)."""
     request.check_limits(services.limits)
     entry = services.store.resolve(request.model)
@@ -49,7 +51,7 @@ async def score(request: ScoreRequest, services: ServicesDep) -> ScoreResponse:
     chars = sum(r.num_chars for r in results)
     services.metrics.chars_scored.labels(entry.id).inc(chars)
     usage = ScoreUsage(chars_scored=chars, context_chars=len(request.context))
-    return ScoreResponse(model=entry.id, mode=mode, results=results, usage=usage)
+    return model_response(ScoreResponse(model=entry.id, mode=mode, results=results, usage=usage))
 
 
 def score_mode(requested: ScoreMode | None, model_id: str, model: CharLM) -> ScoreMode:
