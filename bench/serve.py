@@ -37,10 +37,10 @@ import torch
 
 from bench.serve_inprocess import bare_step_seconds, build_models, make_texts, score_chars_per_s
 from bench.serve_load import (
+    Clients,
     LevelResult,
     burst,
     generation_level,
-    make_client,
     open_connections,
     percentile,
     score_level,
@@ -132,28 +132,28 @@ async def run_levels(
     batched: Server, unbatched: Server, model: str, args: argparse.Namespace, texts: list[str]
 ) -> list[tuple[str, LevelResult]]:
     results: list[tuple[str, LevelResult]] = []
-    clients = {"batched": make_client(batched.url), "unbatched": make_client(unbatched.url)}
+    clients = {"batched": Clients(batched.url), "unbatched": Clients(unbatched.url)}
     try:
-        for client in clients.values():  # warm up: connections, first calls
-            await open_connections(client, max(args.levels))
-            await generation_level(client, model, 4, 1, 50, stream=False)
-            await generation_level(client, model, 2, 1, 50, stream=True)
+        for pool in clients.values():  # warm up: connections, first calls
+            await open_connections(pool, max(args.levels))
+            await generation_level(pool, model, 4, 1, 50, stream=False)
+            await generation_level(pool, model, 2, 1, 50, stream=True)
         for level in args.levels:
             per_worker = max(1, args.requests // level)
             for mode in ("generate", "stream", "score"):
-                for name, client in clients.items():
+                for name, pool in clients.items():
                     if mode == "score":
-                        r = await score_level(client, model, level, per_worker * 4, texts)
+                        r = await score_level(pool, model, level, per_worker * 4, texts)
                     else:
                         stream = mode == "stream"
                         r = await generation_level(
-                            client, model, level, per_worker, args.chars, stream
+                            pool, model, level, per_worker, args.chars, stream
                         )
                     results.append((name, r))
                     print(table_row(name, r), flush=True)
     finally:
-        for client in clients.values():
-            await client.aclose()
+        for pool in clients.values():
+            await pool.aclose()
     return results
 
 
@@ -169,15 +169,15 @@ async def paired_checks(
     """
     ckpt = load_checkpoint(path)
     bare, single, inproc, http = [], [], [], []
-    async with make_client(server.url) as client:
-        await open_connections(client, 64)
-        await score_level(client, model, 64, 1, texts)  # warm-up
+    async with Clients(server.url) as clients:
+        await open_connections(clients, 64)
+        await score_level(clients, model, 64, 1, texts)  # warm-up
         for _ in range(pairs):
             bare.append(bare_step_seconds(ckpt))
-            r = await generation_level(client, model, 1, 1, 400, stream=True)
+            r = await generation_level(clients, model, 1, 1, 400, stream=True)
             single.append(r.tpoc[0] if r.tpoc else float("nan"))
             inproc.append(score_chars_per_s(ckpt, texts))
-            http.append((await score_level(client, model, 64, 1, texts)).chars_per_s)
+            http.append((await score_level(clients, model, 64, 1, texts)).chars_per_s)
     return {
         "bare_step_s": statistics.median(bare),
         "single_stream_tpoc_s": statistics.median(single),
