@@ -37,6 +37,7 @@ from app.engine_errors import (
 )
 from app.engine_requests import CompletionText, GenerationRequest, Mailbox, Phase, ScoreRequest
 from app.engine_stats import EngineCounters, HistogramSnapshot
+from app.reservations import release_current
 from app.scheduler import Scheduler
 from models.checkpoint import LoadedCheckpoint
 from models.sampling import SamplingParams, make_generator
@@ -143,7 +144,10 @@ class ModelEngine:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[TextScore]] = loop.create_future()
         request = ScoreRequest(list(texts), context, top_k, loop, future)
-        self._scheduler.submit_score(request)
+        try:
+            self._scheduler.submit_score(request)
+        finally:
+            release_current()  # queued or refused: the edge's hold on a place ends
         try:
             async with asyncio.timeout(self.request_timeout_s):
                 return await future
@@ -196,7 +200,10 @@ class ModelEngine:
             admitted_at=now,
             deadline=now + self.request_timeout_s,
         )
-        self._scheduler.submit_generation(request)
+        try:
+            self._scheduler.submit_generation(request)
+        finally:
+            release_current()  # queued or refused: the edge's hold on a place ends
         box = request.mailbox
         try:
             while True:
@@ -232,10 +239,11 @@ class ModelEngine:
         await event.wait()
 
     # ------------------------------------------------------------------ admission
-    def queue_full(self) -> QueueFullError | None:
+    def queue_full(self, pending: int = 0) -> QueueFullError | None:
         """The error a new request would get now because the queue is full, else None (a cheap
-        check for refusing early; ``score`` and ``generate`` check again)."""
-        return self._scheduler.queue_full()
+        check for refusing early; ``score`` and ``generate`` check again). ``pending``: requests
+        already let through on their way to this engine (``app.admission``)."""
+        return self._scheduler.queue_full(pending)
 
     def count_rejection(self, reason: str) -> None:
         """Count a request refused on the engine's behalf (``queue_full``, ...)."""

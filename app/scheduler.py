@@ -150,14 +150,24 @@ class Scheduler:
             thread.join()
         self._thread = None
 
-    def queue_full(self) -> QueueFullError | None:
-        """The refusal a new request would get now for a full queue (not counted), or None."""
+    def room(self) -> int:
+        """Requests that could be taken now: free queue places plus free rows (those of
+        completions; texts to score have as many rows of their own)."""
         queue_len = len(self._generations) + len(self._scorings)
-        if queue_len < self.max_queue:
+        free_rows = self.max_batch_size - len(self._batch.rows) - len(self._prompting)
+        return max(0, self.max_queue - queue_len) + max(0, free_rows)
+
+    def queue_full(self, pending: int = 0) -> QueueFullError | None:
+        """The refusal one more request would get now (not counted), or None while ``room()``
+        exceeds ``pending``, the requests already on their way in. Requests that free rows will
+        take at the next round do not count against ``max_queue``: a burst that arrives while a
+        round runs fills the free rows and the queue, not the queue alone."""
+        if self.room() > pending:
             return None
-        busy = queue_len / self.max_batch_size + 1
+        waiting = len(self._generations) + len(self._scorings) + pending
+        busy = waiting / self.max_batch_size + 1
         retry = min(60.0, max(1.0, busy * self.counters.mean_request_s))
-        return QueueFullError(retry, f"{queue_len} requests are waiting; retry later")
+        return QueueFullError(retry, f"{waiting} requests are waiting; retry later")
 
     def _admit(self) -> None:
         if self._closed:
