@@ -6,6 +6,7 @@ Models are loaded in the lifespan (not at import) and stopped, with a grace peri
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,6 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             f"{len(keys)} configured" if keys else "off",
         )
         await store.load()
+        # what exists now (torch, the models, the app) lives as long as the process: keep it out
+        # of the garbage collector's full passes, which otherwise walk it all and stall the event
+        # loop for tens of milliseconds whenever a burst of requests allocates enough objects
+        gc.collect()
+        gc.freeze()
         # on SIGTERM, drain the engines at once so open streams end with a final event
         restore_signals = on_termination(lambda: store.stop(settings.shutdown_grace_s))
         try:
