@@ -6,9 +6,10 @@ an engine yet (``app.reservations``); otherwise it gets its 429 at the outer edg
 fraction of what validation and routing would (``Retry-After`` from the engine's estimate). The
 engine still makes the final decision for the model a request names.
 
-A request let through yields to the event loop once before going on: requests that arrived
-together are all checked first, so in a burst the refusals leave at once instead of queueing
-behind the full processing of the requests admitted before them.
+A request let through yields to the event loop a few times before going on (each time the loop
+reads its sockets again): requests that arrived together are all checked first, so in a burst the
+refusals leave at once instead of queueing behind the full processing of the requests admitted
+before them.
 """
 
 from __future__ import annotations
