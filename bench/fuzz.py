@@ -23,13 +23,12 @@ from pathlib import Path
 
 from tests.reliability.conftest import API_KEY, SERVER_LIMITS
 from tests.reliability.harness import (
-    start_server,
-    stop_server,
     write_bidirectional_model,
     write_good_model,
     write_hostile_models,
 )
 from tests.reliability.test_fuzz_schema import generated_cases, run_schemathesis
+from tests.support import start_server, stop_server
 
 
 def summary_lines(output: str) -> list[str]:

@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import load_checkpoint
-from tests.reliability.harness import REPO
 from tests.reliability.test_training_faults import (
     _resume_info,
     environment,
@@ -34,6 +33,7 @@ from tests.reliability.test_training_faults import (
     train_args,
     train_steps,
 )
+from tests.support import REPO
 from training.resume import load_resume, resume_path
 
 

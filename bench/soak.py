@@ -39,14 +39,9 @@ from typing import Any
 
 import httpx
 
-from tests.reliability.harness import (
-    Server,
-    make_corpus,
-    rss_bytes,
-    start_server,
-    stop_server,
-    write_good_model,
-)
+from tests.reliability.harness import rss_bytes, write_good_model
+from tests.support import LiveServer as Server
+from tests.support import make_corpus, start_server, stop_server
 
 KINDS = ("score", "generate", "stream", "disconnect", "completions")
 WEIGHTS = (30, 20, 20, 15, 15)

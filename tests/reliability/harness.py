@@ -18,16 +18,8 @@ from models.checkpoint import save_checkpoint
 from models.config import ModelConfig
 from models.registry import build_model
 from models.vocab import BOS_ID, CharVocab
+from tests.support import make_corpus
 
-# the live-server helpers live in ``tests.support``; re-exported for bench/soak.py, bench/fuzz.py
-# and bench/kill_resume.py, which import them from here
-from tests.support import REPO as REPO
-from tests.support import LiveServer
-from tests.support import make_corpus as make_corpus
-from tests.support import start_server as start_server
-from tests.support import stop_server as stop_server
-
-Server = LiveServer  # its name here before it moved
 GOOD_MODEL = "tiny"
 
 
