@@ -1,6 +1,6 @@
 """Serving benchmark: real ``charlm-serve`` processes on 127.0.0.1 driven by async httpx clients.
 
-For each model (the default ``small`` preset, a 2x256 LSTM, and the ``tiny`` preset, a 1x128 LSTM)
+For each model (the default ``small`` preset, a 1x512 LSTM, and the ``tiny`` preset, a 1x128 LSTM)
 and each concurrency level it measures non-streamed generation, streamed generation and scoring on
 two servers started side by side: the batched engine and the same engine with
 ``CHARLM_MAX_BATCH_SIZE=1`` (one request at a time). The levels alternate between the two servers,

@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 next_eval[name] += args.eval_every
                 print(
                     f"  {name:9s} t={runner.train_seconds:6.1f}s step={runner.step:6d}"
-                    f" val={nats:.4f} nats/char",
+                    f" val={nats:.5f} nats/char",
                     flush=True,
                 )
         turn += 1
@@ -240,11 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     print("| loop | best val nats/char | best val bits/char | chars/s | parameters | steps |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, nats, bpc, cps, params, steps in rows:
-        print(f"| {name} | {nats:.4f} | {bpc:.4f} | {cps:,.0f} | {params:,} | {steps:,} |")
+        print(f"| {name} | {nats:.5f} | {bpc:.4f} | {cps:,.0f} | {params:,} | {steps:,} |")
     if len(rows) == 2:
         (_, a, _, ca, _, _), (_, b, _, cb, _, _) = rows
         print(
-            f"\ncharlm - reference: {a - b:+.4f} nats/char (target <= -0.05);"
+            f"\ncharlm - reference: {a - b:+.5f} nats/char (target <= -0.05);"
             f" loss ratio {a / b:.3f}; chars/s ratio {ca / cb:.2f}"
         )
     return 0
