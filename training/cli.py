@@ -167,6 +167,8 @@ def build_train_config(args: dict[str, Any]) -> TrainConfig:
         overrides["arch_options"] = dict(overrides.pop("arch_option"))
     if "max_time" in overrides and "max_steps" not in overrides:
         overrides["max_steps"] = None  # an explicit time budget replaces the preset's step budget
+    if overrides.get("algorithm", "bptt") != "bptt" and "dropout" not in overrides:
+        overrides["dropout"] = 0.0  # RTRL and EKF train networks without dropout
     return config_from_preset(args.get("preset", "small"), **overrides)
 
 
