@@ -134,6 +134,11 @@ class Track:
         return min(v for _, v in self.evals)
 
 
+def finished(runner: Any, budget: float) -> bool:
+    """Out of training time, or (charlm) stopped by its own limits such as ``max_steps``."""
+    return bool(runner.train_seconds >= budget or getattr(runner, "finished", None))
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -170,16 +175,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     threads = args.threads or choose_num_threads()
     torch.set_num_threads(threads)
-    config = config_from_preset(
-        args.preset,
-        max_time=args.budget,
-        max_steps=None,
-        eval_interval=10**9,
-        sample_chars=0,
-        seed=args.seed,
-        device="cpu",
-        **parse_overrides(args.set),
-    )
+    # a --set max_steps=N run ends at N steps (or the budget), its schedule following the steps:
+    # with no timing in the schedule, two runs with the same seed train alike on a noisy machine
+    settings: dict[str, Any] = {
+        "max_time": args.budget,
+        "max_steps": None,
+        "eval_interval": 10**9,
+        "sample_chars": 0,
+        "seed": args.seed,
+        "device": "cpu",
+    }
+    settings.update(parse_overrides(args.set))
+    config = config_from_preset(args.preset, **settings)
     corpus = load_corpus([str(args.data)], val_fraction=0.1, min_char_count=config.min_char_count)
     charlm = Trainer(config, corpus, out=None)
     reference = ReferenceTrainer(
@@ -197,14 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     turn = 0
     wall_start = time.perf_counter()
     while True:
-        active = [n for n in order if runners[n].train_seconds < args.budget]
+        active = [n for n in order if not finished(runners[n], args.budget)]
         if not active:
             break
         # alternate which side goes first so neither always follows the other
         for name in active if turn % 2 == 0 else active[::-1]:
             runner = runners[name]
             runner.advance(min(args.slice, args.budget - runner.train_seconds))
-            done = runner.train_seconds >= args.budget
+            done = finished(runner, args.budget)
             if runner.train_seconds >= next_eval[name] or done:
                 nats = runner.evaluate()
                 nats = getattr(nats, "nats_per_char", nats)
