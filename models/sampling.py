@@ -43,10 +43,17 @@ class SamplingParams:
 
 def mask_special(logits: Tensor) -> Tensor:
     """Forbid ``<unk>`` and ``<bos>``: they stand for no character a text can hold."""
-    logits = logits.clone()
-    logits[..., UNK_ID] = float("-inf")
-    logits[..., BOS_ID] = float("-inf")
-    return logits
+    return logits.index_fill(-1, _special_ids(logits.device), float("-inf"))
+
+
+_SPECIAL_IDS: dict[torch.device, Tensor] = {}
+
+
+def _special_ids(device: torch.device) -> Tensor:
+    ids = _SPECIAL_IDS.get(device)
+    if ids is None:
+        ids = _SPECIAL_IDS[device] = torch.tensor([UNK_ID, BOS_ID], device=device)
+    return ids
 
 
 def apply_temperature(logits: Tensor, temperature: Tensor) -> Tensor:
@@ -83,6 +90,37 @@ def draw(probs: Tensor, uniforms: Tensor) -> Tensor:
     return index.squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
+@dataclass(frozen=True)
+class RowSettings:
+    """The sampling settings of a batch's rows as tensors (B,), with what they have in common.
+
+    ``choose_next`` builds one per call; a caller that draws for the same rows step after step
+    (a server's decode batch) builds it once and calls ``choose_next_rows``.
+    """
+
+    temperature: Tensor  # (B,) float
+    top_k: Tensor  # (B,) long
+    top_p: Tensor  # (B,) float
+    all_greedy: bool
+    any_greedy: bool
+    unit_temperature: bool  # every row samples at exactly 1: dividing would change nothing
+    any_top_k: bool
+    any_top_p: bool
+
+    @classmethod
+    def of(cls, params: Sequence[SamplingParams], device: torch.device) -> RowSettings:
+        return cls(
+            temperature=torch.tensor([p.temperature for p in params], device=device),
+            top_k=torch.tensor([p.top_k for p in params], device=device),
+            top_p=torch.tensor([p.top_p for p in params], device=device),
+            all_greedy=all(p.greedy for p in params),
+            any_greedy=any(p.greedy for p in params),
+            unit_temperature=all(p.temperature == 1.0 for p in params),
+            any_top_k=any(p.top_k for p in params),
+            any_top_p=any(p.top_p < 1.0 for p in params),
+        )
+
+
 def choose_next(
     logits: Tensor,
     params: Sequence[SamplingParams],
@@ -95,24 +133,38 @@ def choose_next(
     generator now; callers that prefetch each generator's numbers in blocks (``torch.rand(n)``
     yields the same sequence as ``n`` single draws) pass them to save a call per row.
     """
+    return choose_next_rows(logits, RowSettings.of(params, logits.device), generators, uniforms)
+
+
+def choose_next_rows(
+    logits: Tensor,
+    settings: RowSettings,
+    generators: Sequence[torch.Generator],
+    uniforms: Tensor | None = None,
+) -> Tensor:
+    """``choose_next`` with the rows' settings already in tensors (see ``RowSettings``).
+
+    Steps that would change nothing are skipped (dividing by a temperature of 1, the argmax when
+    no row is greedy), so the result is the same bit for bit as with every step taken.
+    """
     logits = mask_special(logits.float())
-    temperature = torch.tensor([p.temperature for p in params], device=logits.device)
-    top_k = torch.tensor([p.top_k for p in params], device=logits.device)
-    top_p = torch.tensor([p.top_p for p in params], device=logits.device)
-    greedy = logits.argmax(dim=-1)
-    if all(p.greedy for p in params):
-        return greedy
-    scaled = apply_temperature(logits, temperature)
-    if any(p.top_k for p in params):
-        scaled = top_k_filter(scaled, top_k)
-    if any(p.top_p < 1.0 for p in params):
-        scaled = top_p_filter(scaled, top_p)
+    if settings.all_greedy:
+        return logits.argmax(dim=-1)
+    scaled = logits
+    if not settings.unit_temperature:
+        scaled = apply_temperature(logits, settings.temperature)
+    if settings.any_top_k:
+        scaled = top_k_filter(scaled, settings.top_k)
+    if settings.any_top_p:
+        scaled = top_p_filter(scaled, settings.top_p)
     # one uniform per row from the row's generator, drawn on the CPU so results match on any device
     if uniforms is None:
         uniforms = torch.stack([torch.rand((), generator=g) for g in generators])
     uniforms = uniforms.to(logits.device)
     sampled = draw(scaled.softmax(dim=-1), uniforms)
-    return torch.where(temperature > 0, sampled, greedy)
+    if not settings.any_greedy:
+        return sampled
+    return torch.where(settings.temperature > 0, sampled, logits.argmax(dim=-1))
 
 
 def make_generator(seed: int | None) -> tuple[torch.Generator, int]:

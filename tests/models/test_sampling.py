@@ -4,12 +4,16 @@ import torch
 from models.config import ModelConfig
 from models.registry import build_model
 from models.sampling import (
+    RowSettings,
     SamplingParams,
     StopMatcher,
+    apply_temperature,
     choose_next,
+    choose_next_rows,
     draw,
     generate,
     make_generator,
+    mask_special,
     top_k_filter,
     top_p_filter,
 )
@@ -42,6 +46,41 @@ def test_greedy_is_argmax_and_specials_are_never_chosen() -> None:
     assert choose_next(logits, [SamplingParams(temperature=0)], [gen]).item() == 3
     picks = {int(choose_next(logits, [SamplingParams(temperature=5.0)], [gen])) for _ in range(200)}
     assert UNK_ID not in picks and BOS_ID not in picks and len(picks) == 3
+
+
+def every_step(
+    logits: torch.Tensor, params: list[SamplingParams], uniforms: torch.Tensor
+) -> torch.Tensor:
+    """``choose_next`` with no step skipped: every filter, the division, argmax and ``where``."""
+    logits = mask_special(logits.float())
+    temperature = torch.tensor([p.temperature for p in params])
+    scaled = apply_temperature(logits, temperature)
+    scaled = top_k_filter(scaled, torch.tensor([p.top_k for p in params]))
+    scaled = top_p_filter(scaled, torch.tensor([p.top_p for p in params]))
+    sampled = draw(scaled.softmax(dim=-1), uniforms)
+    return torch.where(temperature > 0, sampled, logits.argmax(dim=-1))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        [SamplingParams()] * 3,  # temperature 1 everywhere: no division
+        [SamplingParams(temperature=0.0)] * 2,  # all greedy
+        [SamplingParams(), SamplingParams(temperature=0.0), SamplingParams(temperature=0.7)],
+        [SamplingParams(top_k=3), SamplingParams(top_p=0.8), SamplingParams(temperature=1.4)],
+    ],
+)
+def test_skipped_steps_change_no_choice(params: list[SamplingParams]) -> None:
+    """Skipping what would change nothing gives the same ids as taking every step, with the
+    settings built per call or once for many steps."""
+    torch.manual_seed(3)
+    settings = RowSettings.of(params, torch.device("cpu"))
+    for _ in range(300):
+        logits = torch.randn(len(params), 67) * 3
+        uniforms = torch.rand(len(params))
+        expected = every_step(logits, params, uniforms)
+        assert torch.equal(choose_next(logits, params, [], uniforms), expected)
+        assert torch.equal(choose_next_rows(logits, settings, [], uniforms), expected)
 
 
 def test_params_are_validated() -> None:
