@@ -15,6 +15,7 @@ from torch import Tensor
 
 from app.engine_requests import GenerationRequest
 from models.base import CharLM, State, concat_states, select_state
+from models.sampling import RowSettings
 
 
 def staircase(
@@ -79,20 +80,34 @@ def advance_prompts(
 
 @dataclass
 class DecodeBatch:
-    """The rows generating now: their state and the logits of each row's next character."""
+    """The rows generating now: their state and the logits of each row's next character.
+
+    The rows' sampling settings as tensors are built once per composition of the batch (rows
+    joining or leaving), not at every step.
+    """
 
     rows: list[GenerationRequest]
     state: State | None = None  # each tensor (R, ...)
     logits: Tensor | None = None  # (R, V)
+    _settings: RowSettings | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def settings(self) -> RowSettings:
+        """Every row's sampling settings, in row order."""
+        if self._settings is None:
+            assert self.logits is not None
+            self._settings = RowSettings.of([r.params for r in self.rows], self.logits.device)
+        return self._settings
 
     def keep(self, keep: Sequence[int]) -> None:
         """Drop every row not in ``keep`` (indices in order)."""
         if len(keep) == len(self.rows):
             return
         self.rows = [self.rows[i] for i in keep]
+        self._settings = None
         if not keep:
             self.state, self.logits = None, None
             return
@@ -113,3 +128,4 @@ class DecodeBatch:
         self.rows.extend(r for r, _, _ in joined)
         self.state = concat_states(states)
         self.logits = logits
+        self._settings = None

@@ -27,7 +27,6 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 
 import torch
 
@@ -37,7 +36,7 @@ from app.engine_requests import GenerationRequest, Mailbox, Phase, ScoreRequest
 from app.engine_stats import EngineCounters
 from app.score_rows import ScoreRow, advance_scoring, make_rows, steps_per_round
 from models.base import CharLM
-from models.sampling import choose_next
+from models.sampling import choose_next_rows
 from models.vocab import CharVocab
 
 logger = logging.getLogger(__name__)
@@ -46,19 +45,13 @@ logger = logging.getLogger(__name__)
 STREAM_INTERVAL_PER_ROW_S = 0.0005
 
 
-@contextlib.contextmanager
-def onednn(enabled: bool) -> Iterator[None]:
-    """Switch oneDNN (mkldnn) for the block. Its LSTM kernel is ~3x slower than PyTorch's own for
-    one-character steps of small batches, yet faster over long sequences (measured on CPU)."""
-    before = torch.backends.mkldnn.enabled
-    if before == enabled:
-        yield
-        return
-    torch.backends.mkldnn.enabled = enabled  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
+def use_onednn(enabled: bool) -> None:
+    """Switch oneDNN (mkldnn) for the forwards that follow; a process-wide flag, set only when it
+    changes, so a round of decode steps alone never touches it. Its LSTM kernel is ~3x slower
+    than PyTorch's own for one-character steps of small batches, yet faster over long sequences
+    (measured on CPU): decode steps run without it, prompts and scoring with the default."""
+    if torch.backends.mkldnn.enabled != enabled:
+        torch.backends.mkldnn.enabled = enabled  # type: ignore[assignment]
 
 
 def _set_events(boxes: list[Mailbox]) -> None:
@@ -122,6 +115,7 @@ class Scheduler:
         self._tokens = [vocab.token(i) for i in range(len(vocab))]  # id -> character
         self._urgent = False
         self._last_publish = 0.0
+        self._onednn_default = True  # the process's setting, read when the thread starts
 
     # ------------------------------------------------------------------ event-loop side
     def start(self, name: str) -> None:
@@ -231,17 +225,21 @@ class Scheduler:
 
     # ------------------------------------------------------------------ worker thread
     def _run(self) -> None:
-        with torch.inference_mode():
-            while self._next_round():
-                try:
-                    self._round()
-                except Exception as exc:  # keep serving: fail what was running, not the thread
-                    logger.exception("engine round failed")
-                    self._end_running(error=exc)
-                self._publish()
-            self._end_running(error=None)
-            self._end_queued()
-            self._publish(force=True)
+        self._onednn_default = bool(torch.backends.mkldnn.enabled)
+        try:
+            with torch.inference_mode():
+                while self._next_round():
+                    try:
+                        self._round()
+                    except Exception as exc:  # keep serving: fail what was running
+                        logger.exception("engine round failed")
+                        self._end_running(error=exc)
+                    self._publish()
+                self._end_running(error=None)
+                self._end_queued()
+                self._publish(force=True)
+        finally:
+            use_onednn(self._onednn_default)
 
     def _next_round(self) -> bool:
         """Wait for work and take what fits; False when the engine is aborting."""
@@ -286,8 +284,10 @@ class Scheduler:
         if self._taken_scorings:
             self._start_scorings()
         if self._score_rows or self._score_backlog:
+            use_onednn(self._onednn_default)
             self._score_round()
         if self._prompting:
+            use_onednn(self._onednn_default)
             now = time.monotonic()
             for request in [r for r in self._prompting if r.cancelled or r.expired(now)]:
                 self._prompting.remove(request)
@@ -330,22 +330,18 @@ class Scheduler:
     def _step(self) -> None:
         """One character for every row of the decode batch."""
         batch, now = self._batch, time.monotonic()
-        keep = [i for i, r in enumerate(batch.rows) if not (r.cancelled or r.expired(now))]
-        if len(keep) < len(batch.rows):
-            for i in sorted(set(range(len(batch.rows))) - set(keep)):
-                request = batch.rows[i]
-                self._finish(request, "cancelled" if request.cancelled else "timeout", now)
-            with self._cond:
-                batch.keep(keep)
+        if any(r.cancelled or r.expired(now) for r in batch.rows):
+            self._drop_ended(now)
             if not batch.rows:
                 return
         rows = batch.rows
         assert batch.logits is not None and batch.state is not None
-        params = [r.params for r in rows]
+        settings = batch.settings
         uniforms = None
-        if not all(p.greedy for p in params):
+        if not settings.all_greedy:
             uniforms = torch.tensor([r.next_uniform() for r in rows])
-        next_ids = choose_next(batch.logits, params, [r.generator for r in rows], uniforms)
+        # with the uniforms given (or every row greedy), no generator is read here
+        next_ids = choose_next_rows(batch.logits, settings, (), uniforms)
         keep = []
         generated = 0
         first_chars: list[float] = []
@@ -379,9 +375,21 @@ class Scheduler:
                 return
             next_ids = next_ids[keep]
         assert batch.state is not None
-        with onednn(False):
-            logits, state = self.model(next_ids.unsqueeze(-1), batch.state)  # (R, 1, V)
+        use_onednn(False)
+        logits, state = self.model(next_ids.unsqueeze(-1), batch.state)  # (R, 1, V)
         batch.logits, batch.state = logits[:, -1], state
+
+    def _drop_ended(self, now: float) -> None:
+        """Take the rows cancelled or past their deadline out of the decode batch."""
+        batch = self._batch
+        keep = []
+        for i, request in enumerate(batch.rows):
+            if request.cancelled or request.expired(now):
+                self._finish(request, "cancelled" if request.cancelled else "timeout", now)
+            else:
+                keep.append(i)
+        with self._cond:
+            batch.keep(keep)
 
     def _finish(self, request: GenerationRequest, reason: str, now: float, shown: str = "") -> None:
         """End one completion: send ``shown`` (new text not yet delivered), the text held back

@@ -152,6 +152,35 @@ def test_each_row_keeps_its_settings() -> None:
         assert "e" not in text and "gh" not in text
 
 
+def test_rows_joining_a_lone_stream_and_leaving_change_nothing() -> None:
+    """A stream decoding alone for a while (the batch's settings built once and reused), then
+    joined by rows with other settings that leave again, gives the plain loop's text; so does
+    each row that joined."""
+    ckpt = make_checkpoint()
+    lone = SamplingParams()  # temperature 1: no division, no argmax while it is alone
+    joiners = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.6, top_k=4)]
+
+    async def scenario(engine: ModelEngine) -> tuple[str, list[str]]:
+        stream = engine.generate("ab", 1500, lone, 3)
+        first = await anext(stream)
+        while engine.stats()["steps"] < 40:  # alone for some steps
+            await asyncio.sleep(0.001)
+        assert engine.stats()["running_rows"] == 1
+        others = await asyncio.gather(
+            *(complete(engine, "h", 15 + 10 * i, p, seed=i) for i, p in enumerate(joiners))
+        )
+        assert engine.stats()["running_rows"] == 1  # alone again
+        rows = engine.histograms()["decode_batch_rows"]
+        assert rows.cumulative[0] < rows.count  # some steps had company
+        rest = [c.text async for c in stream]
+        return first.text + "".join(rest), [text for text, _ in others]
+
+    text, others = run(scenario, ckpt)
+    assert text == reference(ckpt, "ab", 1500, lone, 3)[0]
+    for i, (params, other) in enumerate(zip(joiners, others, strict=True)):
+        assert other == reference(ckpt, "h", 15 + 10 * i, params, i)[0]
+
+
 def test_stop_strings_are_never_streamed() -> None:
     """Characters that could begin a stop string are held back; no chunk shows part of one."""
     seen = CompletionText(["abc", "bd"])
