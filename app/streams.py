@@ -40,7 +40,9 @@ class CompletionStreams:
     ) -> None:
         self.model_id = model_id
         self._iterators = iterators
-        self._metrics = metrics
+        # the metric children of this model, looked up once rather than per chunk
+        self._chars_generated = metrics.chars_generated.labels(model_id)
+        self._generations_active = metrics.generations_active.labels(model_id)
         self._first: list[GenerationChunk] = []
         self._pumps: list[asyncio.Task[None]] = []
         self._active = 0
@@ -61,7 +63,7 @@ class CompletionStreams:
         iterators = [engine.generate(prompt, max_chars, params, seed, stop) for seed in seeds]
         self = cls(model_id, iterators, metrics)
         self._active = len(iterators)
-        metrics.generations_active.labels(model_id).inc(len(iterators))
+        self._generations_active.inc(len(iterators))
         firsts = [asyncio.ensure_future(anext(it)) for it in iterators]
         try:
             self._first = list(await asyncio.gather(*firsts))
@@ -78,7 +80,7 @@ class CompletionStreams:
 
     def _count(self, chunk: GenerationChunk) -> None:
         if chunk.text:
-            self._metrics.chars_generated.labels(self.model_id).inc(len(chunk.text))
+            self._chars_generated.inc(len(chunk.text))
         if chunk.finish_reason is not None:
             self._finish(1)
 
@@ -86,7 +88,7 @@ class CompletionStreams:
         count = min(count, self._active)
         if count:
             self._active -= count
-            self._metrics.generations_active.labels(self.model_id).dec(count)
+            self._generations_active.dec(count)
 
     async def _pump(self, index: int, queue: asyncio.Queue[object]) -> None:
         try:
@@ -109,6 +111,16 @@ class CompletionStreams:
                 if chunk.finish_reason is None:
                     pending.append(index)
             if not pending:
+                return
+            if len(pending) == 1:
+                # one completion left: read it directly, without a pump task and a queue (a
+                # task switch per chunk on the event loop)
+                index = pending[0]
+                async for chunk in self._iterators[index]:
+                    self._count(chunk)
+                    yield index, chunk
+                    if chunk.finish_reason is not None:
+                        break
                 return
             queue: asyncio.Queue[object] = asyncio.Queue()
             self._pumps = [asyncio.create_task(self._pump(i, queue)) for i in pending]
