@@ -49,7 +49,8 @@ def use_onednn(enabled: bool) -> None:
     """Switch oneDNN (mkldnn) for the forwards that follow; a process-wide flag, set only when it
     changes, so a round of decode steps alone never touches it. Its LSTM kernel is ~3x slower
     than PyTorch's own for one-character steps of small batches, yet faster over long sequences
-    (measured on CPU): decode steps run without it, prompts and scoring with the default."""
+    (measured on CPU): decode steps run without it; prompts, scoring and an idle engine leave
+    the process's setting."""
     if torch.backends.mkldnn.enabled != enabled:
         torch.backends.mkldnn.enabled = enabled  # type: ignore[assignment]
 
@@ -265,6 +266,7 @@ class Scheduler:
                 if busy:
                     return True
                 self._publish(force=True)
+                use_onednn(self._onednn_default)  # idle: the rest of the process gets its setting
                 self._cond.wait()
 
     def _start_scorings(self) -> None:
