@@ -13,16 +13,12 @@ Each round of the worker loop:
    character in one forward of batch size R.
 
 torch releases the GIL inside its kernels, so the event loop keeps serving HTTP meanwhile. Text
-reaches the event loop through each request's ``Mailbox``; the loop is woken at once for a
-request's first characters and its end, otherwise every ``stream_interval_s`` or 0.5 ms per
-generating row if that is longer (32 rows: 20 ms, 128 rows: 64 ms), so a stream's characters
-are coalesced into few chunks and the event loop's work per second stays bounded.
+reaches the event loop through each request's ``Mailbox``, coalesced into few chunks
+(``app.publisher``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -32,17 +28,15 @@ import torch
 
 from app.batching import DecodeBatch, advance_prompts
 from app.engine_errors import EngineClosedError, QueueFullError
-from app.engine_requests import GenerationRequest, Mailbox, Phase, ScoreRequest
+from app.engine_requests import GenerationRequest, Phase, ScoreRequest
 from app.engine_stats import EngineCounters
+from app.publisher import Publisher, resolve_all
 from app.score_rows import ScoreRow, advance_scoring, make_rows, steps_per_round
 from models.base import CharLM
 from models.sampling import choose_next_rows
 from models.vocab import CharVocab
 
 logger = logging.getLogger(__name__)
-
-# the publishing interval grows by this much per generating row (see ``_publish``)
-STREAM_INTERVAL_PER_ROW_S = 0.0005
 
 
 def use_onednn(enabled: bool) -> None:
@@ -53,32 +47,6 @@ def use_onednn(enabled: bool) -> None:
     the process's setting."""
     if torch.backends.mkldnn.enabled != enabled:
         torch.backends.mkldnn.enabled = enabled  # type: ignore[assignment]
-
-
-def _set_events(boxes: list[Mailbox]) -> None:
-    for box in boxes:
-        box.event.set()
-
-
-def _resolve(requests: list[ScoreRequest], error: BaseException | None) -> None:
-    for request in requests:
-        if request.future.done():
-            continue
-        if error is not None:
-            request.future.set_exception(error)
-        else:
-            request.future.set_result([r for r in request.results if r is not None])
-
-
-def resolve_all(requests: list[ScoreRequest], error: BaseException | None = None) -> None:
-    """Complete scoring requests on their event loops: one wake-up per loop, not per request
-    (each wake-up is a socket write that gives up the GIL)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[ScoreRequest]] = {}
-    for request in requests:
-        by_loop.setdefault(request.loop, []).append(request)
-    for loop, group in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
-            loop.call_soon_threadsafe(_resolve, group, error)
 
 
 class Scheduler:
@@ -98,7 +66,6 @@ class Scheduler:
         self.model, self.vocab, self.counters = model, vocab, counters
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.prompt_chunk = prompt_chunk
-        self.stream_interval_s = stream_interval_s
         self._cond = threading.Condition()
         self._generations: deque[GenerationRequest] = deque()
         self._scorings: deque[ScoreRequest] = deque()
@@ -111,11 +78,8 @@ class Scheduler:
         self._taken_scorings: list[ScoreRequest] = []  # taken from the queue, not yet rows
         self._score_rows: list[ScoreRow] = []  # texts being scored
         self._score_backlog: deque[ScoreRow] = deque()  # texts taken, waiting for a row
-        self._wakes: dict[asyncio.AbstractEventLoop, list[Mailbox]] = {}
-        self._dirty: list[GenerationRequest] = []  # requests with text not yet in their mailbox
+        self._publisher = Publisher(stream_interval_s)
         self._tokens = [vocab.token(i) for i in range(len(vocab))]  # id -> character
-        self._urgent = False
-        self._last_publish = 0.0
         self._onednn_default = True  # the process's setting, read when the thread starts
 
     # ------------------------------------------------------------------ event-loop side
@@ -355,7 +319,7 @@ class Scheduler:
             if request.first_char_at is None:
                 request.first_char_at = now
                 first_chars.append(now - request.admitted_at)
-                self._urgent = True
+                self._publisher.urgent = True
             if request.text.stopped:
                 self._finish(request, "stop", now, shown)
             elif len(request.text.chars) >= request.max_chars:
@@ -363,7 +327,7 @@ class Scheduler:
             else:
                 keep.append(i)
                 if shown:
-                    self._deliver(request, shown)
+                    self._publisher.deliver(request, shown)
         with self.counters.lock:
             self.counters.steps += 1
             self.counters.chars_generated += generated
@@ -399,8 +363,8 @@ class Scheduler:
         request.phase = Phase.DONE
         text = shown + request.text.release()
         if reason != "cancelled":
-            self._deliver(request, text, reason)
-            self._urgent = True
+            self._publisher.deliver(request, text, reason)
+            self._publisher.urgent = True
         with self.counters.lock:
             self.counters.finished[reason] += 1
             self.counters.chars_generated += len(text) - len(shown)
@@ -410,36 +374,9 @@ class Scheduler:
                 per_char = (request.last_char_at - request.first_char_at) / (chars - 1)
                 self.counters.time_per_char.observe(per_char)
 
-    def _deliver(self, request: GenerationRequest, text: str, finish: str | None = None) -> None:
-        """Keep new text (and the end) for the next publication."""
-        if not request.pending and request.finish is None:
-            self._dirty.append(request)
-        if text:
-            request.pending.append(text)
-        if finish is not None:
-            request.finish = finish
-
     def _publish(self, force: bool = False) -> None:
-        """Hand the kept text to the mailboxes and wake their consumers: one call per loop."""
-        if not self._dirty and not self._wakes:
-            return
-        now = time.monotonic()
-        # more streams, fewer events each: the event loop's work stays bounded (~2000 wakes/s)
-        interval = max(self.stream_interval_s, len(self._batch.rows) * STREAM_INTERVAL_PER_ROW_S)
-        if not (force or self._urgent or now - self._last_publish >= interval):
-            return
-        for request in self._dirty:
-            box = request.mailbox
-            if box.put("".join(request.pending), request.text.shown, request.finish):
-                self._wakes.setdefault(box.loop, []).append(box)
-            request.pending.clear()
-        self._dirty = []
-        for loop, boxes in self._wakes.items():
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
-                loop.call_soon_threadsafe(_set_events, boxes)
-        self._wakes = {}
-        self._urgent = False
-        self._last_publish = now
+        """Hand what is ready to the event loops (see ``app.publisher``)."""
+        self._publisher.publish(len(self._batch.rows), force)
 
     def _end_running(self, error: BaseException | None) -> None:
         """End the work in progress: completions with ``"abort"`` (or ``error``, raised in their
@@ -456,8 +393,7 @@ class Scheduler:
                 self._finish(request, "abort", now)
             else:
                 request.phase = Phase.DONE
-                if request.mailbox.put("", request.text.shown, error=error):
-                    self._wakes.setdefault(request.mailbox.loop, []).append(request.mailbox)
+                self._publisher.fail(request, error, request.text.shown)
         failed = error or EngineClosedError("the model is shutting down")
         rows = self._score_rows + list(self._score_backlog)
         self._score_rows, self._score_backlog = [], deque()
@@ -476,8 +412,7 @@ class Scheduler:
         closed = EngineClosedError("the model shut down before the request started")
         for request in generations:
             request.phase = Phase.DONE
-            if request.mailbox.put("", 0, error=closed):
-                self._wakes.setdefault(request.mailbox.loop, []).append(request.mailbox)
+            self._publisher.fail(request, closed, 0)
         self._fail_scorings(scorings, closed)
 
     def _fail_scorings(self, scorings: list[ScoreRequest], error: BaseException) -> None:
