@@ -207,6 +207,34 @@ def test_coalesces_characters_into_few_chunks() -> None:
 
 
 # ---------------------------------------------------------------------------- cancellation, limits
+def test_decoding_switches_onednn_off_and_an_idle_engine_gives_it_back() -> None:
+    """Decode steps run without oneDNN (a process-wide flag); once the engine has nothing to do,
+    the process's own setting is back."""
+    before = torch.backends.mkldnn.enabled
+
+    async def scenario(engine: ModelEngine) -> tuple[bool, bool]:
+        stream = engine.generate("a", 100_000, SamplingParams(), 0)
+        await anext(stream)
+        while engine.stats()["steps"] < 5:
+            await asyncio.sleep(0.001)
+        decoding = bool(torch.backends.mkldnn.enabled)
+        await stream.aclose()
+        deadline = time.monotonic() + 5
+        while engine.stats()["running_rows"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)  # the worker goes idle after its last step
+        return decoding, bool(torch.backends.mkldnn.enabled)
+
+    torch.backends.mkldnn.enabled = True  # type: ignore[assignment]
+    try:
+        decoding, idle = run(scenario)
+        assert not decoding
+        assert idle
+        assert torch.backends.mkldnn.enabled  # and after the engine stopped
+    finally:
+        torch.backends.mkldnn.enabled = before  # type: ignore[assignment]
+
+
 def test_cancelled_request_frees_its_row_within_a_step() -> None:
     async def scenario(engine: ModelEngine) -> None:
         stream = engine.generate("a", 100_000, SamplingParams(), 0)
