@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=128, help="of the batched server")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, servers and here")
     parser.add_argument("--quick", action="store_true", help="levels 1,32; 100 characters")
-    parser.add_argument("--pairs", type=int, default=3, help="alternations of paired checks")
+    parser.add_argument("--pairs", type=int, default=11, help="alternations of paired checks")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
     if args.quick:
