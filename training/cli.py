@@ -113,7 +113,7 @@ def _train_parser() -> argparse.ArgumentParser:
         help="the cosine schedule ends at this fraction of --lr (0.05)",
     )
     g.add_argument("--warmup-steps", type=int, help="linear warm-up steps (50)")
-    g.add_argument("--weight-decay", type=float, help="decoupled weight decay (0.01)")
+    g.add_argument("--weight-decay", type=float, help="decoupled weight decay (0.01; small: 0.075)")
     g.add_argument("--momentum", type=float, help="SGD momentum (0.9)")
     g.add_argument("--grad-clip", type=float, help="gradient-norm clipping, 0 = off (1.0)")
     g = p.add_argument_group("run")
