@@ -4,8 +4,8 @@ Each round of the worker loop:
 
 1. admits queued completions while the batch has free rows (``max_batch_size`` counts rows reading
    their prompt and rows generating);
-2. advances every text being scored by one chunk (``app.score_rows``): scoring is batched the
-   same way, texts joining and leaving between rounds;
+2. advances every text being scored by one chunk (``app.score_round``, ``app.score_rows``):
+   scoring is batched the same way, texts joining and leaving between rounds;
 3. advances the rows still reading their prompt by up to ``prompt_chunk`` ids, in one staircase
    forward (``app.batching.advance_prompts``); rows that finish join the decode batch;
 4. runs one decode step: every row draws its next character with its own settings and generator,
@@ -30,8 +30,8 @@ from app.batching import DecodeBatch, advance_prompts
 from app.engine_errors import EngineClosedError, QueueFullError
 from app.engine_requests import GenerationRequest, Phase, ScoreRequest
 from app.engine_stats import EngineCounters
-from app.publisher import Publisher, resolve_all
-from app.score_rows import ScoreRow, advance_scoring, make_rows, steps_per_round
+from app.publisher import Publisher
+from app.score_round import ScoreRounds, fail_scorings
 from models.base import CharLM
 from models.sampling import choose_next_rows
 from models.vocab import CharVocab
@@ -75,9 +75,7 @@ class Scheduler:
         # worker-only state
         self._prompting: list[GenerationRequest] = []
         self._batch = DecodeBatch([])
-        self._taken_scorings: list[ScoreRequest] = []  # taken from the queue, not yet rows
-        self._score_rows: list[ScoreRow] = []  # texts being scored
-        self._score_backlog: deque[ScoreRow] = deque()  # texts taken, waiting for a row
+        self._scoring = ScoreRounds(model, vocab, counters, max_rows=max_batch_size)
         self._publisher = Publisher(stream_interval_s)
         self._tokens = [vocab.token(i) for i in range(len(vocab))]  # id -> character
         self._onednn_default = True  # the process's setting, read when the thread starts
@@ -183,9 +181,7 @@ class Scheduler:
                 or self._scorings
                 or self._batch.rows
                 or self._prompting
-                or self._taken_scorings
-                or self._score_rows
-                or self._score_backlog
+                or self._scoring.busy()
             )
 
     # ------------------------------------------------------------------ worker thread
@@ -218,40 +214,19 @@ class Scheduler:
                     request.phase = Phase.RUNNING
                     self._prompting.append(request)
                     free -= 1
-                # scoring requests are taken while fewer texts than a batch are in hand, so
-                # the queue (bounded) holds the rest, not an unbounded backlog
-                scoring = len(self._score_rows) + len(self._score_backlog)
-                while self._scorings and scoring < self.max_batch_size:
-                    taken = self._scorings.popleft()
-                    taken.phase = Phase.RUNNING
-                    self._taken_scorings.append(taken)
-                    scoring += len(taken.texts)
-                busy = bool(self._batch.rows or self._prompting or self._taken_scorings or scoring)
+                self._scoring.take(self._scorings)
+                busy = bool(self._batch.rows or self._prompting or self._scoring.busy())
                 if busy:
                     return True
                 self._publish(force=True)
                 use_onednn(self._onednn_default)  # idle: the rest of the process gets its setting
                 self._cond.wait()
 
-    def _start_scorings(self) -> None:
-        """Turn the scoring requests just taken into rows (texts without characters: done)."""
-        taken, self._taken_scorings = self._taken_scorings, []
-        vocab_size = self.model.config.vocab_size
-        for request in taken:
-            request.results = [None] * len(request.texts)
-            request.remaining = len(request.texts)
-            self._score_backlog.extend(make_rows(request, self.vocab, vocab_size))
-        empty = [r for r in taken if not r.texts]
-        for request in empty:
-            request.phase = Phase.DONE
-        resolve_all(empty)
-
     def _round(self) -> None:
-        if self._taken_scorings:
-            self._start_scorings()
-        if self._score_rows or self._score_backlog:
+        self._scoring.start()
+        if self._scoring.has_rows():
             use_onednn(self._onednn_default)
-            self._score_round()
+            self._scoring.advance()
         if self._prompting:
             use_onednn(self._onednn_default)
             now = time.monotonic()
@@ -265,33 +240,6 @@ class Scheduler:
                     self._batch.join(joined)
         if self._batch.rows:
             self._step()
-
-    def _score_round(self) -> None:
-        """Advance every text being scored by one chunk; complete the requests all done."""
-        rows = [r for r in self._score_rows if not r.request.cancelled]
-        while self._score_backlog and len(rows) < self.max_batch_size:
-            row = self._score_backlog.popleft()
-            if not row.request.cancelled:
-                rows.append(row)
-        read = advance_scoring(self.model, rows, steps_per_round(len(rows)))
-        done: list[ScoreRequest] = []
-        for row in rows:
-            if row.done:
-                request = row.request
-                request.results[row.index] = row.result()
-                request.remaining -= 1
-                if request.remaining == 0:
-                    request.phase = Phase.DONE
-                    done.append(request)
-        self._score_rows = [r for r in rows if not r.done]
-        now = time.monotonic()
-        with self.counters.lock:
-            self.counters.chars_scored += read
-            self.counters.score_rounds += 1
-            self.counters.scored_requests += len(done)
-            for request in done:
-                self.counters.request_done(now - request.admitted_at)
-        resolve_all(done)
 
     def _step(self) -> None:
         """One character for every row of the decode batch."""
@@ -394,13 +342,7 @@ class Scheduler:
             else:
                 request.phase = Phase.DONE
                 self._publisher.fail(request, error, request.text.shown)
-        failed = error or EngineClosedError("the model is shutting down")
-        rows = self._score_rows + list(self._score_backlog)
-        self._score_rows, self._score_backlog = [], deque()
-        scorings = {id(r.request): r.request for r in rows if r.request.phase is not Phase.DONE}
-        scorings.update({id(r): r for r in self._taken_scorings})
-        self._taken_scorings = []
-        self._fail_scorings(list(scorings.values()), failed)
+        self._scoring.fail_all(error or EngineClosedError("the model is shutting down"))
 
     def _end_queued(self) -> None:
         """Refuse what never started: the engine is closing (``EngineClosedError``)."""
@@ -413,9 +355,4 @@ class Scheduler:
         for request in generations:
             request.phase = Phase.DONE
             self._publisher.fail(request, closed, 0)
-        self._fail_scorings(scorings, closed)
-
-    def _fail_scorings(self, scorings: list[ScoreRequest], error: BaseException) -> None:
-        for scoring in scorings:
-            scoring.phase = Phase.DONE
-        resolve_all(scorings, error)
+        fail_scorings(scorings, closed)
