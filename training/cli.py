@@ -116,6 +116,11 @@ def _train_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, help="decoupled weight decay (0.01; small: 0.075)")
     g.add_argument("--momentum", type=float, help="SGD momentum (0.9)")
     g.add_argument("--grad-clip", type=float, help="gradient-norm clipping, 0 = off (1.0)")
+    g.add_argument(
+        "--state-reset",
+        type=float,
+        help="chance per step that a stream restarts from the zero state and BOS (0)",
+    )
     g = p.add_argument_group("run")
     g.add_argument("--max-steps", type=int, help="stop after this many steps")
     g.add_argument(

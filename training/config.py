@@ -41,6 +41,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     momentum: float = 0.9
     grad_clip: float = 1.0
+    #: chance per step that a stream restarts from the zero state and BOS (bptt only): without
+    #: it the carried state is only ever zero at step 0, yet scoring and sampling start there
+    state_reset: float = 0.0
     max_steps: int | None = None
     max_time: float | None = None
     eval_interval: int = 200
@@ -73,6 +76,7 @@ class TrainConfig:
             (0 <= self.final_lr_fraction <= 1, "final_lr_fraction must be in [0, 1]"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.grad_clip >= 0, "grad_clip must be >= 0 (0 disables clipping)"),
+            (0 <= self.state_reset < 1, "state_reset must be in [0, 1)"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
             (self.max_time is None or self.max_time > 0, "max_time must be > 0"),
             (self.eval_interval >= 1, "eval_interval must be >= 1"),

@@ -18,12 +18,14 @@ from types import FrameType
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from models.base import State
 from models.checkpoint import save_checkpoint
 from models.registry import build_model
 from models.sampling import SamplingParams, generate
+from models.vocab import BOS_ID
 from training import distributed
 from training.algorithms import ALGORITHMS, TruncatedBPTT
 from training.batches import StreamBatcher
@@ -61,6 +63,22 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
     floor = config.final_lr_fraction
     cosine = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return config.lr * warm * cosine
+
+
+def restart_some_streams(inputs: Tensor, state: State, chance: float) -> tuple[Tensor, State]:
+    """Restart each stream with probability ``chance``: zero state, ``BOS_ID`` as first input.
+
+    A restarted row's chunk then trains what scoring and sampling do from their first step
+    (read ``BOS_ID`` from the initial state, predict the first character). The draw uses the
+    global CPU generator, which resume state saves, so a resumed run restarts the same rows.
+    """
+    restart = torch.rand(inputs.shape[0]) < chance  # (B,)
+    if not bool(restart.any()):
+        return inputs, state
+    inputs = inputs.clone()
+    inputs[restart, 0] = BOS_ID
+    keep = (~restart).to(state[0].device)
+    return inputs, tuple(s * keep.view(-1, *([1] * (s.dim() - 1))).to(s.dtype) for s in state)
 
 
 class StopRequest:
@@ -241,6 +259,8 @@ class Trainer:
         if new_epoch:
             self.state = self.model.initial_state(self.config.batch_size, self.device)
             self.train_step.reset_streams()
+        elif self.config.state_reset and self.config.algorithm == "bptt":
+            inputs, self.state = restart_some_streams(inputs, self.state, self.config.state_reset)
         lr = learning_rate(self.config, self.step, self.progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr

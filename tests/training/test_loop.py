@@ -10,10 +10,11 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.scoring import score_texts
+from models.vocab import BOS_ID
 from training.config import TrainConfig
 from training.data import load_corpus
 from training.evaluate import evaluate_docs
-from training.loop import Trainer, learning_rate
+from training.loop import Trainer, learning_rate, restart_some_streams
 from training.report import Reporter, metrics_path, plot_path
 from training.resume import load_resume, resume_path
 
@@ -61,8 +62,11 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(
     tmp_path: Path, corpus_file: Path, cache_dir: Path
 ) -> None:
     corpus = load_corpus([str(corpus_file)], cache_dir=cache_dir)
-    # dropout and an epoch boundary inside the run make RNG and data position matter
-    config = tiny_config(max_steps=60, eval_interval=25, dropout=0.2, num_layers=2, batch_size=8)
+    # dropout, stream restarts and an epoch boundary inside the run make RNG and data position
+    # matter
+    config = tiny_config(
+        max_steps=60, eval_interval=25, dropout=0.2, num_layers=2, batch_size=8, state_reset=0.1
+    )
     whole = tmp_path / "whole.safetensors"
     Trainer(config, corpus, whole).run()
 
@@ -142,3 +146,25 @@ def test_sgd_with_nesterov_momentum_learns(
     losses = _losses(tmp_path / "sgd.safetensors")
     assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
     assert result.best_val_nats < 0.7 * math.log(len(corpus.vocab))
+
+
+def test_restarted_streams_begin_from_zero_state_and_bos() -> None:
+    torch.manual_seed(3)
+    inputs = torch.randint(2, 9, (64, 5))
+    state = (torch.ones(64, 1, 4), torch.full((64, 1, 4), 2.0))
+    new_inputs, new_state = restart_some_streams(inputs, state, 0.25)
+    restarted = new_inputs[:, 0] == BOS_ID
+    assert 0 < int(restarted.sum()) < 64  # some rows, not all
+    assert torch.equal(new_inputs[:, 1:], inputs[:, 1:])  # only the first input changes
+    assert torch.equal(new_inputs[~restarted], inputs[~restarted])
+    for before, after in zip(state, new_state, strict=True):
+        assert torch.all(after[restarted] == 0)
+        assert torch.equal(after[~restarted], before[~restarted])
+    assert int(inputs[:, 0].eq(BOS_ID).sum()) == 0  # the caller's tensor is untouched
+
+
+def test_no_restart_at_zero_chance() -> None:
+    inputs = torch.randint(2, 9, (16, 3))
+    state = (torch.ones(16, 1, 2),)
+    new_inputs, new_state = restart_some_streams(inputs, state, 0.0)
+    assert new_inputs is inputs and new_state is state
