@@ -119,7 +119,7 @@ def _train_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--state-reset",
         type=float,
-        help="chance per step that a stream restarts from the zero state and BOS (0)",
+        help="chance per step that a stream restarts from the zero state and BOS (0.01)",
     )
     g = p.add_argument_group("run")
     g.add_argument("--max-steps", type=int, help="stop after this many steps")

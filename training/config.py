@@ -43,7 +43,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     #: chance per step that a stream restarts from the zero state and BOS (bptt only): without
     #: it the carried state is only ever zero at step 0, yet scoring and sampling start there
-    state_reset: float = 0.0
+    state_reset: float = 0.01
     max_steps: int | None = None
     max_time: float | None = None
     eval_interval: int = 200
