@@ -87,7 +87,8 @@ def client(models_dir: Path) -> Iterator[Any]:
 def live_server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A real uvicorn process on 127.0.0.1 serving the models folder (killed at the end)."""
     log = tmp_path_factory.mktemp("server") / "server.log"
-    server = start_server(models_dir, log)
+    # generous output limit: the disconnect tests need requests far longer than their timeouts
+    server = start_server(models_dir, log, CHARLM_MAX_NEW_CHARS="1000000")
     try:
         yield server
     finally:

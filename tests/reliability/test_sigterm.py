@@ -17,7 +17,7 @@ from tests.reliability.conftest import ModelsFolder
 from tests.support import start_server
 
 GRACE_S = 1.0
-LONG = 4000  # characters: far more than the grace period lets a loaded server generate
+LONG = 200_000  # characters: far more than the grace period lets a loaded server generate
 
 
 async def stream(client: httpx.AsyncClient, started: asyncio.Event, n: int) -> dict[str, Any]:
@@ -71,6 +71,7 @@ def test_sigterm_under_load_ends_every_request_whole(
         CHARLM_DEFAULT_MODEL="tiny",
         CHARLM_SHUTDOWN_GRACE_S=str(GRACE_S),
         CHARLM_MAX_BATCH_SIZE="8",
+        CHARLM_MAX_NEW_CHARS=str(LONG),
     )
 
     async def load() -> tuple[list[Any], float]:
