@@ -1,4 +1,4 @@
-"""Training benchmark: charlm's loop against the plain loop most users would write.
+"""Training benchmark: charlm's loop against the plain loop a careful user would write.
 
 Both train on ``../shared/data/tinyshakespeare.txt`` (the last 10% is validation) for the same
 budget of *their own* training time. The machine may be shared and noisy, so the two trainers run
@@ -9,119 +9,41 @@ the whole validation text in one stream, state carried from start to end. The re
 scored the way it was trained (windows of its sequence length from a zero state) and keeps the
 better of the two figures.
 
+The reference is what a careful user writes with plain PyTorch: a 2x256 ``nn.LSTM`` with dropout
+0.1 between its layers, fused AdamW with a cosine learning rate from 2e-3 to 2e-4 over the
+budget, gradient clipping, and the same arithmetic as charlm (bfloat16 autocast where charlm's
+``precision`` setting chooses it on this machine, float32 elsewhere). charlm runs its preset with
+its defaults (stream restarts included) unless ``--set`` says otherwise.
+
     python -m bench.train                 # 8 minutes each (about 17 minutes in all)
     python -m bench.train --budget 120    # a quicker look
+    python -m bench.train --smoke         # seconds: a small generated corpus, tiny budgets
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
-from training.config import config_from_preset
+from bench.machine import machine_line
+from bench.train_reference import ReferenceTrainer
+from training.config import TrainConfig, config_from_preset
 from training.data import load_corpus
 from training.distributed import choose_num_threads
 from training.loop import Trainer
+from training.precision import autocast_dtype
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
-
-
-class ReferenceLSTM(nn.Module):
-    """Embedding(V, 64) -> nn.LSTM(64, 256, 2 layers) -> Linear(256, V): 0.88M parameters."""
-
-    def __init__(self, vocab_size: int, embed_size: int = 64, hidden_size: int = 256) -> None:
-        super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embed_size)
-        self.lstm = nn.LSTM(embed_size, hidden_size, num_layers=2, batch_first=True)
-        self.head = nn.Linear(hidden_size, vocab_size)
-
-    def forward(
-        self, ids: Tensor, hidden: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        out, hidden = self.lstm(self.embedding(ids), hidden)
-        return self.head(out), hidden
-
-
-class ReferenceTrainer:
-    """Random windows from a zero state, AdamW at a constant rate, gradient clipping at 1."""
-
-    def __init__(self, text: str, batch_size: int, seq_len: int, lr: float, seed: int) -> None:
-        chars = sorted(set(text))
-        stoi = {c: i for i, c in enumerate(chars)}
-        ids = np.array([stoi[c] for c in text], dtype=np.int64)
-        cut = int(len(ids) * 0.9)
-        self.train_ids = torch.from_numpy(ids[:cut])
-        self.val_ids = torch.from_numpy(ids[cut:])
-        torch.manual_seed(seed)
-        self.model = ReferenceLSTM(len(chars))
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr)
-        self.batch_size, self.seq_len = batch_size, seq_len
-        self.generator = torch.Generator().manual_seed(seed)
-        self.train_seconds = 0.0
-        self.step = 0
-
-    def advance(self, seconds: float) -> None:
-        until = self.train_seconds + seconds
-        while self.train_seconds < until:
-            started = time.perf_counter()
-            starts = torch.randint(
-                0,
-                len(self.train_ids) - self.seq_len - 1,
-                (self.batch_size,),
-                generator=self.generator,
-            )
-            window = torch.stack([self.train_ids[s : s + self.seq_len + 1] for s in starts])
-            logits, _ = self.model(window[:, :-1])
-            loss = F.cross_entropy(logits.flatten(0, 1), window[:, 1:].flatten())
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            self.optimizer.step()
-            self.step += 1
-            self.train_seconds += time.perf_counter() - started
-
-    @torch.inference_mode()
-    def evaluate(self) -> float:
-        """Nats/char on the validation text: the better of one carried stream and windows."""
-        self.model.eval()
-        try:
-            ids = self.val_ids.unsqueeze(0)  # (1, N)
-            total, hidden = 0.0, None
-            for start in range(0, ids.shape[1] - 1, 2048):
-                chunk = ids[:, start : start + 2049]
-                logits, hidden = self.model(chunk[:, :-1], hidden)
-                total += F.cross_entropy(
-                    logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum"
-                ).item()
-            stream = total / (ids.shape[1] - 1)
-            n = (ids.shape[1] - 1) // self.seq_len
-            windows = ids[0, : n * self.seq_len + 1]
-            inputs = windows[:-1].view(n, self.seq_len)
-            targets = windows[1:].view(n, self.seq_len)
-            total = 0.0
-            for i in range(0, n, 256):
-                logits, _ = self.model(inputs[i : i + 256])
-                total += F.cross_entropy(
-                    logits.flatten(0, 1), targets[i : i + 256].flatten(), reduction="sum"
-                ).item()
-            windowed = total / (n * self.seq_len)
-        finally:
-            self.model.train()
-        return min(stream, windowed)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
 
 @dataclass
@@ -147,7 +69,16 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def smoke_corpus(folder: Path) -> Path:
+    """A generated text of about 40,000 characters: what ``--smoke`` trains on."""
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+    lines = [f"{words[i % 6]} {i % 11} {words[(i * 7) % 6][::-1]}." for i in range(2000)]
+    path = folder / "smoke-corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA, help="corpus (default: tinyshakespeare)")
     parser.add_argument("--budget", type=float, default=480.0, help="training seconds for each")
@@ -163,50 +94,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--ref-batch-size", type=int, default=32)
     parser.add_argument("--ref-seq-len", type=int, default=128)
-    parser.add_argument("--ref-lr", type=float, default=2e-3)
+    parser.add_argument("--ref-lr", type=float, default=2e-3, help="peak rate (2e-3)")
+    parser.add_argument("--ref-final-lr", type=float, default=2e-4, help="rate at the end (2e-4)")
     parser.add_argument("--only", choices=("charlm", "reference"), help="train one side only")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument(
         "--threads", type=int, help="torch threads (default: chosen for the machine)"
     )
-    args = parser.parse_args(argv)
-    if not args.data.is_file():
-        print(f"{args.data}: corpus not found", file=sys.stderr)
-        return 2
-    threads = args.threads or choose_num_threads()
-    torch.set_num_threads(threads)
-    # a --set max_steps=N run ends at N steps (or the budget), its schedule following the steps:
-    # with no timing in the schedule, two runs with the same seed train alike on a noisy machine
-    settings: dict[str, Any] = {
-        "max_time": args.budget,
-        "max_steps": None,
-        "eval_interval": 10**9,
-        "sample_chars": 0,
-        "seed": args.seed,
-        "device": "cpu",
-    }
-    settings.update(parse_overrides(args.set))
-    config = config_from_preset(args.preset, **settings)
-    corpus = load_corpus([str(args.data)], val_fraction=0.1, min_char_count=config.min_char_count)
-    charlm = Trainer(config, corpus, out=None)
-    reference = ReferenceTrainer(
-        args.data.read_text("utf-8"), args.ref_batch_size, args.ref_seq_len, args.ref_lr, args.seed
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds: a generated corpus, 1.5 s budgets, to check that the script runs",
     )
-    runners: dict[str, Any] = {"charlm": charlm, "reference": reference}
-    if args.only:
-        runners = {args.only: runners[args.only]}
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.budget, args.slice, args.eval_every = 1.5, 0.5, 1.0
+    return args
+
+
+def run_turns(runners: dict[str, Any], args: argparse.Namespace) -> dict[str, Track]:
+    """Train the runners in alternating slices until each is out of budget; evaluate on time."""
     tracks = {name: Track(name) for name in runners}
     next_eval = dict.fromkeys(runners, args.eval_every)
-    print(f"threads {threads}; budget {args.budget:.0f}s each; slices of {args.slice:.0f}s")
-    print(f"charlm config: {json.dumps(config.to_dict(), sort_keys=True)}")
-    print(f"charlm arithmetic: {charlm.autocast_dtype or torch.float32}; reference: torch.float32")
     order = list(runners)
     turn = 0
-    wall_start = time.perf_counter()
     while True:
         active = [n for n in order if not finished(runners[n], args.budget)]
         if not active:
-            break
+            return tracks
         # alternate which side goes first so neither always follows the other
         for name in active if turn % 2 == 0 else active[::-1]:
             runner = runners[name]
@@ -223,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         turn += 1
-    wall = time.perf_counter() - wall_start
-    print(f"\nwall time {wall:.0f}s\n")
+
+
+def print_table(
+    runners: dict[str, Any], tracks: dict[str, Track], config: TrainConfig, args: argparse.Namespace
+) -> None:
     rows = []
     for name, runner in runners.items():
         chars_per_step = (
@@ -234,16 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         params = runner.model.num_parameters() if name == "charlm" else runner.num_parameters()
         best = tracks[name].best
-        rows.append(
-            (
-                name,
-                best,
-                best / math.log(2),
-                runner.step * chars_per_step / runner.train_seconds,
-                params,
-                runner.step,
-            )
-        )
+        cps = runner.step * chars_per_step / runner.train_seconds
+        rows.append((name, best, best / math.log(2), cps, params, runner.step))
     print("| loop | best val nats/char | best val bits/char | chars/s | parameters | steps |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, nats, bpc, cps, params, steps in rows:
@@ -254,6 +164,62 @@ def main(argv: list[str] | None = None) -> int:
             f"\ncharlm - reference: {a - b:+.5f} nats/char (target <= -0.05);"
             f" loss ratio {a / b:.3f}; chars/s ratio {ca / cb:.2f}"
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="charlm-bench-train-") as tmp:
+        if args.smoke:
+            args.data = smoke_corpus(Path(tmp))
+        if not args.data.is_file():
+            print(f"{args.data}: corpus not found", file=sys.stderr)
+            return 2
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    threads = args.threads or choose_num_threads()
+    torch.set_num_threads(threads)
+    # a --set max_steps=N run ends at N steps (or the budget), its schedule following the steps:
+    # with no timing in the schedule, two runs with the same seed train alike on a noisy machine
+    settings: dict[str, Any] = {
+        "max_time": args.budget,
+        "max_steps": None,
+        "eval_interval": 10**9,
+        "sample_chars": 0,
+        "seed": args.seed,
+        "device": "cpu",
+    }
+    settings.update(parse_overrides(args.set))
+    config = config_from_preset(args.preset, **settings)
+    corpus = load_corpus([str(args.data)], val_fraction=0.1, min_char_count=config.min_char_count)
+    charlm = Trainer(config, corpus, out=None)
+    # the reference computes in the format charlm's own rule picks for this CPU
+    dtype = autocast_dtype(config.precision, torch.device("cpu"))
+    reference = ReferenceTrainer(
+        args.data.read_text("utf-8"),
+        args.ref_batch_size,
+        args.ref_seq_len,
+        (args.ref_lr, args.ref_final_lr),
+        args.budget,
+        dtype,
+        args.seed,
+    )
+    runners: dict[str, Any] = {"charlm": charlm, "reference": reference}
+    if args.only:
+        runners = {args.only: runners[args.only]}
+    print(machine_line(threads))
+    print(f"corpus {args.data.name}; budget {args.budget:g}s each; slices of {args.slice:g}s")
+    print(f"charlm config: {json.dumps(dataclasses.asdict(config), sort_keys=True)}")
+    print(
+        f"arithmetic: charlm {charlm.autocast_dtype or torch.float32} (precision "
+        f"{config.precision!r}), reference {dtype or torch.float32}; charlm state_reset "
+        f"{config.state_reset}; reference lr {args.ref_lr:g} -> {args.ref_final_lr:g} (cosine)"
+    )
+    wall_start = time.perf_counter()
+    tracks = run_turns(runners, args)
+    print(f"\nwall time {time.perf_counter() - wall_start:.0f}s\n")
+    print_table(runners, tracks, config, args)
     return 0
 
 
