@@ -1,20 +1,49 @@
-"""The model configuration: everything needed to rebuild an architecture from a checkpoint."""
+"""The model configuration: everything needed to rebuild an architecture from a checkpoint.
+
+``FrozenConfig`` gives a frozen dataclass its dict round trip (``to_dict`` / ``from_dict``, which
+names unknown keys) and ``replace``; the training configuration uses it too.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
+
+
+class FrozenConfig:
+    """Dict round trip and ``replace`` for a frozen dataclass (subclass it, then decorate)."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+    #: names the configuration in errors: "unknown <kind> config keys: ..."
+    config_kind: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """The configuration ``to_dict`` gave; a key that is not a field is a ``ValueError``."""
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown {cls.config_kind} config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(FrozenConfig):
     """Hyper-parameters of one character model.
 
     ``options`` holds architecture-specific settings (clock periods, reservoir parameters, ...);
     each architecture validates the keys it understands and rejects the others.
     """
+
+    config_kind: ClassVar[str] = "model"
 
     arch: str
     vocab_size: int
@@ -35,19 +64,5 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> ModelConfig:
-        return dataclasses.replace(self, **changes)

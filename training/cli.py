@@ -3,43 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint
-from models.registry import available_architectures
 from models.sampling import SamplingParams, generate, make_generator
 from training import distributed
-from training.algorithms import ALGORITHMS
 from training.batches import StreamError
-from training.config import OPTIMIZERS, PRESETS, TrainConfig, config_from_preset
+from training.config import (
+    DEFAULT_PRESET,
+    PRESETS,
+    TrainConfig,
+    config_from_preset,
+    field_choices,
+)
 from training.data import CorpusError, load_corpus, read_text_file, resolve_files
+from training.distributed import DEVICES
 from training.esn import train_esn
 from training.evaluate import evaluate_docs
 from training.loop import Trainer
-from training.precision import PRECISIONS
 from training.report import ProgressReporter, Reporter
 from training.resume import ResumeError, load_resume, resume_path
 
-# flags that may change when a run is resumed (budgets and reporting); the rest must match
-_RESUMABLE = {
-    "max_steps",
-    "max_time",
-    "patience",
-    "eval_interval",
-    "log_interval",
-    "sample_chars",
-    "eval_max_chars",
-    "device",
-    "precision",
-}
+# flags of the run that are not training settings: where the data and the files are
 _DATA_FLAGS = {"data", "val_data", "cache_dir", "out", "resume"}
+#: settings a resumed run may change (budgets and reporting); the others must match
+RESUMABLE = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resumable"])
+# how the few settings that are not one plain value each are written on the command line
+_SPELLING: dict[str, dict[str, Any]] = {
+    "arch_options": {"flag": "--arch-option", "action": "append", "metavar": "KEY=VALUE"},
+}
 
 
 def _arch_option(text: str) -> tuple[str, Any]:
@@ -52,129 +53,82 @@ def _arch_option(text: str) -> tuple[str, Any]:
         return key, value  # a bare word is a string
 
 
+def _shown(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return {None: "none", False: "off", True: "on"}[value]
+    return str(value)
+
+
+def _describe(f: dataclasses.Field[Any]) -> str:
+    """The field's help, with its default: the presets' values where the presets set it."""
+    if any(f.name in values for values in PRESETS.values()):
+        shown = ", ".join(
+            f"{p} {_shown(values.get(f.name, f.default))}" for p, values in PRESETS.items()
+        )
+        return f"{f.metadata['help']} (default by preset: {shown})"
+    if f.default is dataclasses.MISSING:  # a collection: empty by default
+        return str(f.metadata["help"])
+    return f"{f.metadata['help']} (default: {_shown(f.default)})"
+
+
+def _flag_kwargs(f: dataclasses.Field[Any], kind: Any) -> dict[str, Any]:
+    """``add_argument`` settings for one field: its type, choices and help from the dataclass."""
+    kwargs: dict[str, Any] = {"dest": f.name, "help": _describe(f).replace("%", "%%")}
+    choices = field_choices(f)
+    if choices is not None:
+        kwargs["choices"] = choices
+    elif kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif kind is dict or typing.get_origin(kind) is dict:
+        kwargs["type"] = _arch_option
+    else:  # int, float, or one of them or None: the flag takes the value
+        kwargs["type"] = next(t for t in typing.get_args(kind) or (kind,) if t is not type(None))
+    kwargs.update(_SPELLING.get(f.name, {}))
+    return kwargs
+
+
 def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="charlm-train",
         description="Train a character-level language model on UTF-8 text.",
         argument_default=argparse.SUPPRESS,  # only flags given explicitly override the preset
     )
-    g = p.add_argument_group("data")
-    g.add_argument("--data", nargs="+", required=True, help="training files, folders or globs")
-    g.add_argument("--val-data", nargs="+", help="validation files (default: the end of --data)")
-    g.add_argument(
-        "--val-fraction",
-        type=float,
-        help="fraction of the text, from its END, held out for validation (0.1)",
-    )
-    g.add_argument(
-        "--min-char-count",
-        type=int,
-        help="characters seen fewer times in training become <unk> (2)",
-    )
-    g.add_argument(
+    groups = {name: p.add_argument_group(name) for name in ("data", "model", "optimisation", "run")}
+    data = groups["data"]
+    data.add_argument("--data", nargs="+", required=True, help="training files, folders or globs")
+    data.add_argument("--val-data", nargs="+", help="validation files (default: the end of --data)")
+    kinds = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        kwargs = _flag_kwargs(f, kinds[f.name])
+        flag = kwargs.pop("flag", "--" + f.name.replace("_", "-"))
+        groups[f.metadata["group"]].add_argument(flag, **kwargs)
+    data.add_argument(
         "--cache-dir",
         type=Path,
         help="where encoded corpora are cached (default $CHARLM_CACHE_DIR or ~/.cache/charlm)",
     )
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        help="named size and hyper-parameters (small); explicit flags override its values",
-    )
-    g.add_argument("--arch", choices=available_architectures(), help="architecture (lstm)")
-    g.add_argument(
-        "--arch-option",
-        type=_arch_option,
-        action="append",
-        metavar="KEY=VALUE",
-        help="architecture-specific option, value parsed as JSON (repeatable)",
-    )
-    g.add_argument("--embed-size", type=int, help="embedding width")
-    g.add_argument("--hidden-size", type=int, help="recurrent state width per layer")
-    g.add_argument("--num-layers", type=int, help="stacked recurrent layers")
-    g.add_argument("--dropout", type=float, help="dropout between layers, in [0, 1)")
-    g.add_argument(
-        "--tie-weights",
-        action=argparse.BooleanOptionalAction,
-        help="share the embedding and output weights (needs embed = hidden size)",
-    )
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--algorithm", choices=sorted(ALGORITHMS), help="training algorithm (bptt)")
-    g.add_argument("--seq-len", type=int, help="characters per truncated-BPTT chunk")
-    g.add_argument("--batch-size", type=int, help="parallel text streams (per process)")
-    g.add_argument(
-        "--optimizer", choices=OPTIMIZERS, help="adamw, or sgd with Nesterov momentum (adamw)"
-    )
-    g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument(
-        "--final-lr-fraction",
-        type=float,
-        help="the cosine schedule ends at this fraction of --lr (0.05)",
-    )
-    g.add_argument("--warmup-steps", type=int, help="linear warm-up steps (50)")
-    g.add_argument("--weight-decay", type=float, help="decoupled weight decay (0.01; small: 0.075)")
-    g.add_argument("--momentum", type=float, help="SGD momentum (0.9)")
-    g.add_argument("--grad-clip", type=float, help="gradient-norm clipping, 0 = off (1.0)")
-    g.add_argument(
-        "--state-reset",
-        type=float,
-        help="chance per step that a stream restarts from the zero state and BOS (0.01)",
-    )
-    g = p.add_argument_group("run")
-    g.add_argument("--max-steps", type=int, help="stop after this many steps")
-    g.add_argument(
-        "--max-time",
-        type=float,
-        help="stop after this many seconds of training (evaluation not counted)",
-    )
-    g.add_argument("--eval-interval", type=int, help="steps between validations")
-    g.add_argument(
-        "--eval-max-chars",
-        type=int,
-        help="validate on at most this many characters during training (1000000)",
-    )
-    g.add_argument(
-        "--patience",
-        type=int,
-        help="stop after this many validations without improvement, 0 = never (0)",
-    )
-    g.add_argument("--log-interval", type=int, help="steps between metrics records (10)")
-    g.add_argument(
-        "--sample-chars",
-        type=int,
-        help="length of the sample shown at each validation, 0 = none (200)",
-    )
-    g.add_argument("--seed", type=int, help="random seed (1234)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (auto)")
-    g.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help="forward-pass arithmetic: bf16 mixed precision, fp32, or auto = bf16 on CUDA and"
-        " on CPUs with AMX, fp32 elsewhere (auto)",
-    )
-    g = p.add_argument_group("output")
-    g.add_argument(
+    output = p.add_argument_group("output")
+    output.add_argument(
         "--out",
         type=Path,
         required=True,
         help="checkpoint path (.safetensors); the best model is kept here, resume"
         " state, metrics and a plot beside it",
     )
-    g.add_argument("--resume", action="store_true", help="continue the run saved beside --out")
+    output.add_argument("--resume", action="store_true", help="continue the run saved beside --out")
     return p
 
 
 def build_train_config(args: dict[str, Any]) -> TrainConfig:
     """Preset values, then explicitly given flags (``args`` holds only those)."""
     overrides = {k: v for k, v in args.items() if k not in _DATA_FLAGS and k != "preset"}
-    if "arch_option" in overrides:
-        overrides["arch_options"] = dict(overrides.pop("arch_option"))
+    if "arch_options" in overrides:
+        overrides["arch_options"] = dict(overrides["arch_options"])
     if "max_time" in overrides and "max_steps" not in overrides:
         overrides["max_steps"] = None  # an explicit time budget replaces the preset's step budget
     if overrides.get("algorithm", "bptt") != "bptt" and "dropout" not in overrides:
         overrides["dropout"] = 0.0  # RTRL and EKF train networks without dropout
-    return config_from_preset(args.get("preset", "small"), **overrides)
+    return config_from_preset(args.get("preset", DEFAULT_PRESET), **overrides)
 
 
 def resumed_config(
@@ -183,12 +137,11 @@ def resumed_config(
     """The saved config, with the budget and reporting flags given now; others must agree."""
     config = TrainConfig.from_dict(saved)
     given = {k for k in args if k not in _DATA_FLAGS}
-    given = {"arch_options" if k == "arch_option" else k for k in given}
-    changes = {k: getattr(explicit, k) for k in given & _RESUMABLE}
+    changes = {k: getattr(explicit, k) for k in given & RESUMABLE}
     if "max_time" in given and "max_steps" not in given:
         changes["max_steps"] = config.max_steps
     clashes = sorted(
-        k for k in given - _RESUMABLE - {"preset"} if getattr(explicit, k) != getattr(config, k)
+        k for k in given - RESUMABLE - {"preset"} if getattr(explicit, k) != getattr(config, k)
     )
     if clashes:
         flags = ", ".join("--" + k.replace("_", "-") for k in clashes)
@@ -300,9 +253,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors checkpoint")
     p.add_argument("--data", nargs="+", required=True, help="files, folders or globs to score")
-    p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="cpu", help="where to run (cpu)"
-    )
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (cpu)")
     args = p.parse_args(argv)
     try:
         device = distributed.choose_device(args.device)
@@ -340,9 +291,7 @@ def sample_main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest characters, 0 = all")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus probability mass (1.0)")
     p.add_argument("--seed", type=int, help="same seed, same text (default: random, printed)")
-    p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="cpu", help="where to run (cpu)"
-    )
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (cpu)")
     args = p.parse_args(argv)
     if args.length < 0:
         p.error("--length must be >= 0")

@@ -1,121 +1,24 @@
-"""The training configuration, its presets, and how it builds the model configuration."""
+"""The training configuration, its presets, and how it builds the model configuration.
+
+Each field carries its command-line description in ``metadata``: ``help``, the flag ``group``,
+``choices`` where the values are a closed set, and ``resumable`` for the budgets and reporting
+settings a resumed run may change. ``charlm-train`` builds its flags from them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from models.config import ModelConfig
+from models.config import FrozenConfig, ModelConfig
+from models.registry import available_architectures
 from training.algorithms import ALGORITHMS
+from training.distributed import DEVICES
 from training.precision import PRECISIONS
 
 OPTIMIZERS = ("adamw", "sgd")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run needs besides the data paths; stored in checkpoints.
-
-    ``max_steps`` and ``max_time`` (seconds of training, evaluation excluded) both bound the run;
-    the learning-rate schedule follows whichever is further along, so a time-budgeted run still
-    anneals to its final rate by the end of the budget.
-    """
-
-    preset: str = "small"
-    arch: str = "lstm"
-    arch_options: dict[str, Any] = field(default_factory=dict)
-    algorithm: str = "bptt"
-    embed_size: int = 64
-    hidden_size: int = 256
-    num_layers: int = 2
-    dropout: float = 0.0
-    tie_weights: bool = False
-    seq_len: int = 32
-    batch_size: int = 64
-    optimizer: str = "adamw"
-    lr: float = 4e-3
-    final_lr_fraction: float = 0.05
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    momentum: float = 0.9
-    grad_clip: float = 1.0
-    #: chance per step that a stream restarts from the zero state and BOS (bptt only): without
-    #: it the carried state is only ever zero at step 0, yet scoring and sampling start there
-    state_reset: float = 0.01
-    max_steps: int | None = None
-    max_time: float | None = None
-    eval_interval: int = 200
-    eval_max_chars: int | None = 1_000_000
-    patience: int = 0
-    log_interval: int = 10
-    sample_chars: int = 200
-    seed: int = 1234
-    device: str = "auto"
-    precision: str = "auto"
-    val_fraction: float = 0.1
-    min_char_count: int = 2
-
-    def __post_init__(self) -> None:
-        checks: list[tuple[bool, str]] = [
-            (self.algorithm in ALGORITHMS, f"algorithm must be one of {', '.join(ALGORITHMS)}"),
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
-            (
-                self.precision in PRECISIONS,
-                f"precision must be one of {', '.join(PRECISIONS)}",
-            ),
-            (
-                self.precision != "bf16" or self.algorithm == "bptt",
-                "precision bf16 applies to the bptt algorithm only",
-            ),
-            (self.seq_len >= 1, "seq_len must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (0 <= self.final_lr_fraction <= 1, "final_lr_fraction must be in [0, 1]"),
-            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
-            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 disables clipping)"),
-            (0 <= self.state_reset < 1, "state_reset must be in [0, 1)"),
-            (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
-            (self.max_time is None or self.max_time > 0, "max_time must be > 0"),
-            (self.eval_interval >= 1, "eval_interval must be >= 1"),
-            (self.eval_max_chars is None or self.eval_max_chars >= 1, "eval_max_chars >= 1"),
-            (self.patience >= 0, "patience must be >= 0 (0 disables early stopping)"),
-            (self.log_interval >= 1, "log_interval must be >= 1"),
-            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
-            (self.min_char_count >= 1, "min_char_count must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(
-            arch=self.arch,
-            vocab_size=vocab_size,
-            embed_size=self.embed_size,
-            hidden_size=self.hidden_size,
-            num_layers=self.num_layers,
-            dropout=self.dropout,
-            tie_weights=self.tie_weights,
-            options=dict(self.arch_options),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training config keys: {', '.join(unknown)}")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
 
 #: named sizes; explicit command-line flags override these values
 PRESETS: dict[str, dict[str, Any]] = {
@@ -160,6 +63,172 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_steps": 20000,
     },
 }
+DEFAULT_PRESET = "small"
+
+Choices = Sequence[str] | Callable[[], Sequence[str]]
+
+
+def _about(
+    help: str, group: str, choices: Choices | None = None, resumable: bool = False
+) -> dict[str, Any]:
+    """A field's description (see the module docstring)."""
+    return {"help": help, "group": group, "choices": choices, "resumable": resumable}
+
+
+def _setting(
+    default: Any,
+    help: str,
+    group: str,
+    *,
+    choices: Choices | None = None,
+    resumable: bool = False,
+) -> Any:
+    """A config field with an immutable default and its description."""
+    return field(default=default, metadata=_about(help, group, choices, resumable))
+
+
+def field_choices(f: dataclasses.Field[Any]) -> tuple[str, ...] | None:
+    """The values a field admits, or ``None`` when it is not a closed set."""
+    choices: Choices | None = f.metadata.get("choices")
+    if choices is None:
+        return None
+    return tuple(choices() if callable(choices) else choices)
+
+
+@dataclass(frozen=True)
+class TrainConfig(FrozenConfig):
+    """Everything a training run needs besides the data paths; stored in checkpoints.
+
+    ``max_steps`` and ``max_time`` (seconds of training, evaluation excluded) both bound the run;
+    the learning-rate schedule follows whichever is further along, so a time-budgeted run still
+    anneals to its final rate by the end of the budget.
+    """
+
+    config_kind: ClassVar[str] = "training"
+
+    preset: str = _setting(
+        DEFAULT_PRESET,
+        "named size and hyper-parameters; explicit flags override its values",
+        "model",
+        choices=tuple(PRESETS),
+    )
+    arch: str = _setting("lstm", "architecture", "model", choices=available_architectures)
+    arch_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_about("architecture-specific option, value parsed as JSON (repeatable)", "model"),
+    )
+    algorithm: str = _setting(
+        "bptt", "training algorithm", "optimisation", choices=tuple(ALGORITHMS)
+    )
+    embed_size: int = _setting(64, "embedding width", "model")
+    hidden_size: int = _setting(256, "recurrent state width per layer", "model")
+    num_layers: int = _setting(2, "stacked recurrent layers", "model")
+    dropout: float = _setting(0.0, "dropout between layers, in [0, 1)", "model")
+    tie_weights: bool = _setting(
+        False, "share the embedding and output weights (needs embed = hidden size)", "model"
+    )
+    seq_len: int = _setting(32, "characters per truncated-BPTT chunk", "optimisation")
+    batch_size: int = _setting(64, "parallel text streams (per process)", "optimisation")
+    optimizer: str = _setting(
+        "adamw", "adamw, or sgd with Nesterov momentum", "optimisation", choices=OPTIMIZERS
+    )
+    lr: float = _setting(4e-3, "peak learning rate", "optimisation")
+    final_lr_fraction: float = _setting(
+        0.05, "the cosine schedule ends at this fraction of --lr", "optimisation"
+    )
+    warmup_steps: int = _setting(50, "linear warm-up steps", "optimisation")
+    weight_decay: float = _setting(0.01, "decoupled weight decay", "optimisation")
+    momentum: float = _setting(0.9, "SGD momentum", "optimisation")
+    grad_clip: float = _setting(1.0, "gradient-norm clipping, 0 = off", "optimisation")
+    # without restarts the carried state is only ever zero at step 0, yet scoring and sampling
+    # start there
+    state_reset: float = _setting(
+        0.01,
+        "chance per step that a stream restarts from the zero state and BOS (bptt only)",
+        "optimisation",
+    )
+    max_steps: int | None = _setting(None, "stop after this many steps", "run", resumable=True)
+    max_time: float | None = _setting(
+        None,
+        "stop after this many seconds of training (evaluation not counted)",
+        "run",
+        resumable=True,
+    )
+    eval_interval: int = _setting(200, "steps between validations", "run", resumable=True)
+    eval_max_chars: int | None = _setting(
+        1_000_000,
+        "validate on at most this many characters during training",
+        "run",
+        resumable=True,
+    )
+    patience: int = _setting(
+        0,
+        "stop after this many validations without improvement, 0 = never",
+        "run",
+        resumable=True,
+    )
+    log_interval: int = _setting(10, "steps between metrics records", "run", resumable=True)
+    sample_chars: int = _setting(
+        200, "length of the sample shown at each validation, 0 = none", "run", resumable=True
+    )
+    seed: int = _setting(1234, "random seed", "run")
+    device: str = _setting("auto", "where to train", "run", choices=DEVICES, resumable=True)
+    precision: str = _setting(
+        "auto",
+        "forward-pass arithmetic: bf16 mixed precision, fp32, or auto = bf16 on CUDA and on CPUs"
+        " with AMX, fp32 elsewhere",
+        "run",
+        choices=PRECISIONS,
+        resumable=True,
+    )
+    val_fraction: float = _setting(
+        0.1, "fraction of the text, from its END, held out for validation", "data"
+    )
+    min_char_count: int = _setting(
+        2, "characters seen fewer times in training become <unk>", "data"
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = field_choices(f)
+            if choices is not None and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(choices)}")
+        checks: list[tuple[bool, str]] = [
+            (
+                self.precision != "bf16" or self.algorithm == "bptt",
+                "precision bf16 applies to the bptt algorithm only",
+            ),
+            (self.seq_len >= 1, "seq_len must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.final_lr_fraction <= 1, "final_lr_fraction must be in [0, 1]"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 disables clipping)"),
+            (0 <= self.state_reset < 1, "state_reset must be in [0, 1)"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.max_time is None or self.max_time > 0, "max_time must be > 0"),
+            (self.eval_interval >= 1, "eval_interval must be >= 1"),
+            (self.eval_max_chars is None or self.eval_max_chars >= 1, "eval_max_chars >= 1"),
+            (self.patience >= 0, "patience must be >= 0 (0 disables early stopping)"),
+            (self.log_interval >= 1, "log_interval must be >= 1"),
+            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
+            (self.min_char_count >= 1, "min_char_count must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(
+            arch=self.arch,
+            vocab_size=vocab_size,
+            embed_size=self.embed_size,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            dropout=self.dropout,
+            tie_weights=self.tie_weights,
+            options=dict(self.arch_options),
+        )
 
 
 def config_from_preset(preset: str, **overrides: Any) -> TrainConfig:

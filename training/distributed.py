@@ -16,6 +16,9 @@ import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 
+#: what ``--device`` accepts: ``auto`` is CUDA when present, else the CPU
+DEVICES = ("auto", "cpu", "cuda")
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -43,7 +46,7 @@ def choose_device(name: str, local_rank: int = 0) -> torch.device:
             raise ValueError("--device cuda was asked for, but no CUDA device is available")
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     if name != "cpu":
-        raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda")
+        raise ValueError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)}")
     return torch.device("cpu")
 
 

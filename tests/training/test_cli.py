@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,8 +9,16 @@ import pytest
 from models.checkpoint import load_checkpoint
 from models.registry import available_architectures
 from models.scoring import score_texts
-from training.cli import _train_parser, build_train_config, eval_main, sample_main, train_main
-from training.config import PRESETS
+from training.cli import (
+    RESUMABLE,
+    _train_parser,
+    build_train_config,
+    eval_main,
+    sample_main,
+    train_main,
+)
+from training.config import PRESETS, TrainConfig, field_choices
+from training.distributed import DEVICES
 
 
 def _train(corpus_file: Path, out: Path, cache_dir: Path, *extra: str) -> int:
@@ -154,3 +163,36 @@ def test_resume_refuses_changed_model_flags(
     # a longer budget is allowed, and the run continues from step 30
     assert _train(corpus_file, checkpoint, cache_dir, "--resume", "--max-steps", "40") == 0
     assert load_checkpoint(checkpoint).training["step"] in (30, 40)
+
+
+def test_train_flags_are_generated_from_the_config_fields() -> None:
+    parser = _train_parser()
+    actions = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        action = actions[f.name]
+        assert f.metadata["help"] in (action.help or ""), f.name
+        assert action.choices == field_choices(f), f.name
+    assert "--arch-option" in actions["arch_options"].option_strings
+    # the help shows the defaults, from the presets where they set the value
+    assert "(default: 0.01)" in (actions["state_reset"].help or "")
+    assert "small 512" in (actions["hidden_size"].help or "")
+    # the budgets and reporting settings, and only they, may change on resume
+    assert {"max_steps", "max_time", "patience", "device", "precision"} <= RESUMABLE
+    assert not {"hidden_size", "lr", "arch", "seed", "seq_len"} & RESUMABLE
+
+
+def test_every_cli_offers_the_same_devices(capsys: pytest.CaptureFixture[str]) -> None:
+    for main in (eval_main, sample_main):
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        assert "{" + ",".join(DEVICES) + "}" in capsys.readouterr().out
+    device = next(a for a in _train_parser()._actions if a.dest == "device")
+    assert device.choices == DEVICES
+
+
+def test_a_tie_weights_flag_turns_the_boolean_on_and_off() -> None:
+    parser = _train_parser()
+    on = vars(parser.parse_args(["--data", "x", "--out", "y", "--tie-weights"]))
+    off = vars(parser.parse_args(["--data", "x", "--out", "y", "--no-tie-weights"]))
+    assert build_train_config(on).tie_weights and not build_train_config(off).tie_weights
+    assert "tie_weights" not in vars(parser.parse_args(["--data", "x", "--out", "y"]))

@@ -1,0 +1,43 @@
+"""The training configuration: closed sets of values checked from the fields' own choices."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from models.registry import available_architectures
+from training.algorithms import ALGORITHMS
+from training.config import PRESETS, TrainConfig, config_from_preset, field_choices
+from training.distributed import DEVICES
+
+
+def test_every_field_is_described_for_the_command_line() -> None:
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata["help"], f.name
+        assert f.metadata["group"] in ("data", "model", "optimisation", "run"), f.name
+
+
+def test_choices_come_from_where_the_values_are_defined() -> None:
+    choices = {f.name: field_choices(f) for f in dataclasses.fields(TrainConfig)}
+    assert choices["device"] == DEVICES
+    assert choices["algorithm"] == tuple(ALGORITHMS)
+    assert choices["arch"] == tuple(available_architectures())
+    assert choices["preset"] == tuple(PRESETS)
+    assert choices["hidden_size"] is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("device", "tpu"), ("algorithm", "adam"), ("arch", "transformer"), ("optimizer", "lamb")],
+)
+def test_a_value_outside_the_choices_is_named(field: str, value: str) -> None:
+    with pytest.raises(ValueError, match=f"{field} must be one of"):
+        TrainConfig(**{field: value})
+
+
+def test_presets_override_the_defaults() -> None:
+    config = config_from_preset("tiny", lr=0.5)
+    assert config.hidden_size == PRESETS["tiny"]["hidden_size"] and config.lr == 0.5
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        config_from_preset("huge")
