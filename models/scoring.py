@@ -19,9 +19,21 @@ from torch import Tensor
 from models.base import CharLM, State
 from models.vocab import BOS_ID, UNK_ID, CharVocab
 
+#: exp(709) is close to the largest float: ``perplexity`` stops there, so the figure stays finite
+MAX_LOG_PERPLEXITY = 709.0
 # bound on the (B, T, V) float32 log-probabilities held at once: ~64 MB
 _MAX_LOGIT_ELEMENTS = 16 * 1024 * 1024
 _MAX_CHUNK = 2048
+
+
+def bits_per_char(nats_per_char: float) -> float:
+    """A loss in nats per character as bits per character (divided by ln 2)."""
+    return nats_per_char / math.log(2)
+
+
+def perplexity(nats_per_char: float) -> float:
+    """``exp(nats per character)``, at most ``exp(MAX_LOG_PERPLEXITY)`` (finite, for JSON)."""
+    return math.exp(min(nats_per_char, MAX_LOG_PERPLEXITY))
 
 
 @dataclass
@@ -47,11 +59,11 @@ class TextScore:
 
     @property
     def bits_per_char(self) -> float:
-        return self.nats_per_char / math.log(2)
+        return bits_per_char(self.nats_per_char)
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.nats_per_char)
+        return perplexity(self.nats_per_char)
 
 
 def chunk_length(batch_size: int, vocab_size: int) -> int:

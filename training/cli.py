@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import sys
 import typing
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.sampling import SamplingParams, generate, make_generator
+from models.scoring import bits_per_char
 from training import distributed
 from training.batches import StreamError
 from training.config import (
@@ -193,7 +193,7 @@ def train_main(argv: list[str] | None = None) -> int:
     distributed.teardown(context)
     if context.is_main:
         best = (
-            f"best validation {result.best_val_nats / math.log(2):.4f} bits/char"
+            f"best validation {bits_per_char(result.best_val_nats):.4f} bits/char"
             f" ({result.best_val_nats:.4f} nats/char) at step {result.best_step}"
             if result.best_step >= 0
             else "no validation text"

@@ -21,7 +21,6 @@ reservoir from about 4.06 to 3.68 bpc, as one-hot regression under-predicts the 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -35,6 +34,7 @@ from torch import Tensor
 from models.checkpoint import save_checkpoint
 from models.esn import EchoStateLM
 from models.registry import build_model
+from models.scoring import bits_per_char
 from models.vocab import BOS_ID
 from training.config import TrainConfig
 from training.data import Corpus
@@ -224,7 +224,7 @@ def fit_esn(
         ridge=ridge,
         logit_scale=scale,
         train_mse=sse / (count * model.config.vocab_size),
-        val_bpc=float(nll) / math.log(2),
+        val_bpc=bits_per_char(float(nll)),
         seconds=time.perf_counter() - started,
     )
     logger.info(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.base import CharLM
-from models.scoring import score_id_sequences
+from models.scoring import bits_per_char, perplexity, score_id_sequences
 from models.vocab import UNK_ID
 
 
@@ -33,11 +33,11 @@ class EvalResult:
 
     @property
     def bits_per_char(self) -> float:
-        return self.nats_per_char / math.log(2)
+        return bits_per_char(self.nats_per_char)
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.nats_per_char)
+        return perplexity(self.nats_per_char)
 
     def to_dict(self) -> dict[str, float | int]:
         return {

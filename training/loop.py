@@ -25,6 +25,7 @@ from models.base import State
 from models.checkpoint import save_checkpoint
 from models.registry import build_model
 from models.sampling import SamplingParams, generate
+from models.scoring import bits_per_char
 from models.vocab import BOS_ID
 from training import distributed
 from training.algorithms import ALGORITHMS, TruncatedBPTT
@@ -289,7 +290,7 @@ class Trainer:
             "step": self.step,
             "time": round(self.train_seconds, 3),
             "train_loss": loss,
-            "train_bpc": loss / math.log(2),
+            "train_bpc": bits_per_char(loss),
             "lr": self._lr,
             "chars_per_sec": chars / max(self._interval_seconds, 1e-9),
         }
@@ -365,7 +366,7 @@ class Trainer:
             "best_step": self.best_step,
             "best_val_nats_per_char": self.best_val if self.best_step >= 0 else None,
             "best_val_bits_per_char": (
-                self.best_val / math.log(2) if self.best_step >= 0 else None
+                bits_per_char(self.best_val) if self.best_step >= 0 else None
             ),
             "corpus_fingerprint": self.corpus.fingerprint,
             "train_chars": len(self.corpus.train_ids),

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from models.files import atomic_write_bytes
+from models.scoring import bits_per_char
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class ProgressReporter(Reporter):
         self._bar.update(record["step"] - self._bar.n)
         self._bar.set_postfix(
             loss=f"{record['train_loss']:.3f}",
-            bpc=f"{record['train_loss'] / math.log(2):.3f}",
+            bpc=f"{bits_per_char(record['train_loss']):.3f}",
             chars_s=f"{record['chars_per_sec']:.0f}",
             lr=f"{record['lr']:.2e}",
         )

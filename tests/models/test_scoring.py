@@ -58,3 +58,24 @@ def test_batch_equals_alone_and_unknown_is_finite() -> None:
     assert batched[2].num_chars == 0 and batched[2].logprob == 0.0
     assert batched[1].top_ids is not None and batched[1].top_ids.shape == (12, 3)
     assert torch.all(batched[1].top_logprobs[:, 0] >= batched[1].logprobs - 1e-6)
+
+
+def test_bits_per_char_and_perplexity_formulas():
+    from models.scoring import MAX_LOG_PERPLEXITY, bits_per_char, perplexity
+
+    assert bits_per_char(math.log(2)) == 1.0
+    assert bits_per_char(2.5) == 2.5 / math.log(2)
+    assert perplexity(0.0) == 1.0
+    assert perplexity(1.7) == math.exp(1.7)
+    # a huge loss still gives a finite figure (JSON has no infinity)
+    assert perplexity(1e6) == math.exp(MAX_LOG_PERPLEXITY) < math.inf
+    assert math.isnan(perplexity(math.nan))
+
+
+def test_text_score_figures_use_the_shared_formulas():
+    from models.scoring import bits_per_char, perplexity
+
+    model, vocab = setup()
+    score = score_text(model, vocab, "abc defg")
+    assert score.bits_per_char == bits_per_char(score.nats_per_char)
+    assert score.perplexity == perplexity(score.nats_per_char)
