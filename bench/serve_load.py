@@ -222,15 +222,17 @@ async def _raw_request(
     host: str, port: int, request: bytes, statuses: Counter[int], rejected: list[float],
     retry_after: set[str], go: asyncio.Event,
 ) -> None:  # fmt: skip
-    """One request on its own connection, timed from the write to the reply's headers."""
+    """One request on a connection of its own, timed from the moment the connection is opened
+    (before the TCP handshake) to the reply's headers: a refusal's time includes the wait to be
+    accepted by a busy server, as a client sees it."""
+    await go.wait()
+    start = time.perf_counter()
     try:
         reader, writer = await asyncio.open_connection(host, port)
     except OSError:
         statuses[NO_ANSWER] += 1
         return
     try:
-        await go.wait()
-        start = time.perf_counter()
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
         elapsed = time.perf_counter() - start
@@ -250,10 +252,11 @@ async def _raw_request(
 
 
 async def burst(base_url: str, model: str, requests: int, max_chars: int) -> BurstResult:
-    """``requests`` generation requests at once, each on a connection opened beforehand.
+    """``requests`` generation requests at once, each opening its own connection when the burst
+    starts.
 
     A lean client (raw HTTP/1.1 over asyncio streams, no httpx) keeps the client's own cost out
-    of the 429 reply times on a small machine.
+    of the 429 reply times on a small machine; the requests are built before the burst starts.
     """
     host, port = base_url.removeprefix("http://").split(":")
     statuses: Counter[int] = Counter()
@@ -272,7 +275,7 @@ async def burst(base_url: str, model: str, requests: int, max_chars: int) -> Bur
                 _raw_request(host, int(port), request, statuses, rejected, retry_after, go)
             )
         )
-    await asyncio.sleep(0.5)  # connections open
+    await asyncio.sleep(0)  # every task waits at the start line
     start = time.perf_counter()
     go.set()
     await asyncio.gather(*tasks)
