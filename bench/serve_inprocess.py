@@ -1,9 +1,7 @@
-"""In-process parts of ``bench.serve``: the models it builds, the bare model step, batch scoring.
+"""In-process parts of ``bench.serve``: the models it builds, its texts, charlm's batch scoring.
 
-The bare step is what one output character costs without any server: one forward of one
-character for one stream and ``choose_next`` (temperature 1), under ``torch.inference_mode``,
-timed over a few hundred steps. oneDNN is switched off for it, as the engine does for its steps
-(PyTorch's own LSTM kernel is faster for one-character steps).
+The models are untrained LSTMs of named shapes: the cost of a step does not depend on the
+weights, so throughput figures hold for trained models of the same size.
 """
 
 from __future__ import annotations
@@ -11,18 +9,34 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor
 
 from models.checkpoint import LoadedCheckpoint, save_checkpoint
 from models.config import ModelConfig
 from models.registry import build_model
-from models.sampling import SamplingParams, choose_next, make_generator
 from models.scoring import score_texts
 from models.vocab import BOS_ID, CharVocab
 from training.config import PRESETS
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+
+#: shapes the benchmark can build besides the training presets: ``tiny-2x128`` has the ``tiny``
+#: preset's width and embedding with a second layer
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny-2x128": {"embed_size": 32, "hidden_size": 128, "num_layers": 2},
+}
+
+
+def shape_of(name: str) -> dict[str, Any]:
+    if name in SHAPES:
+        return SHAPES[name]
+    if name in PRESETS:
+        preset = PRESETS[name]
+        return {k: preset[k] for k in ("embed_size", "hidden_size", "num_layers")}
+    raise SystemExit(f"unknown model shape {name!r}; choose from {', '.join([*SHAPES, *PRESETS])}")
 
 
 def bench_vocab() -> CharVocab:
@@ -31,25 +45,16 @@ def bench_vocab() -> CharVocab:
     return CharVocab([chr(c) for c in range(32, 127)] + ["\n"])
 
 
-def build_models(folder: Path, presets: list[str]) -> Path:
-    """Untrained LSTMs of the named training presets, saved as ``<preset>.safetensors``."""
+def build_models(folder: Path, names: list[str]) -> Path:
+    """Untrained LSTMs of the named shapes, saved as ``<name>.safetensors``."""
     folder.mkdir(parents=True, exist_ok=True)
     vocab = bench_vocab()
-    for preset in presets:
-        if preset not in PRESETS:
-            raise SystemExit(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-        p = PRESETS[preset]
-        config = ModelConfig(
-            "lstm",
-            len(vocab),
-            embed_size=p["embed_size"],
-            hidden_size=p["hidden_size"],
-            num_layers=p["num_layers"],
-        )
+    for name in names:
+        config = ModelConfig("lstm", len(vocab), **shape_of(name))
         torch.manual_seed(0)
         model = build_model(config).eval()
         training = {"note": "untrained: built by bench.serve for throughput measurements"}
-        save_checkpoint(folder / f"{preset}.safetensors", model, vocab, training=training)
+        save_checkpoint(folder / f"{name}.safetensors", model, vocab, training=training)
     return folder
 
 
@@ -64,30 +69,21 @@ def make_texts(length: int, count: int) -> list[str]:
     return ["".join(rng.choice(letters) for _ in range(length)) for _ in range(count)]
 
 
-def bare_step_seconds(ckpt: LoadedCheckpoint, steps: int = 300, onednn: bool = False) -> float:
-    """Mean seconds per character of the bare loop (after 30 warm-up steps)."""
-    model = ckpt.model
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = onednn  # type: ignore[assignment]
-    try:
-        with torch.inference_mode():
-            generator = make_generator(0)[0]
-            params = [SamplingParams()]
-            logits, state = model(torch.tensor([[BOS_ID]]), model.initial_state(1))
-            logits = logits[:, -1]
-            for i in range(steps + 30):
-                if i == 30:
-                    start = time.perf_counter()
-                next_id = choose_next(logits, params, [generator])
-                out, state = model(next_id.unsqueeze(-1), state)
-                logits = out[:, -1]
-            return (time.perf_counter() - start) / steps
-    finally:
-        torch.backends.mkldnn.enabled = before
+def padded_inputs(vocab: CharVocab, texts: list[str]) -> Tensor:
+    """The inputs a scoring forward reads: ``BOS_ID`` then each text but its last character,
+    padded to the longest (B, T)."""
+    rows = [[BOS_ID, *vocab.encode_array(t)[:-1].tolist()] for t in texts]
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [BOS_ID] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
-def score_chars_per_s(ckpt: LoadedCheckpoint, texts: list[str]) -> float:
-    """Characters per second scoring all ``texts`` in one padded batch."""
-    start = time.perf_counter()
+def score_seconds(ckpt: LoadedCheckpoint, texts: list[str], repeats: int = 3) -> float:
+    """The fastest of ``repeats`` calls scoring all ``texts`` in one padded batch with charlm's
+    ``score_texts``, after one untimed call."""
     score_texts(ckpt.model, ckpt.vocab, texts)
-    return sum(len(t) for t in texts) / (time.perf_counter() - start)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        score_texts(ckpt.model, ckpt.vocab, texts)
+        best = min(best, time.perf_counter() - start)
+    return best

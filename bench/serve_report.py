@@ -1,0 +1,85 @@
+"""What ``bench.serve`` prints: the table of levels and the ratios against the targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.baselines import LoopTiming
+from bench.serve_load import LevelResult, percentile
+
+TABLE_HEAD = (
+    "| server | mode | conc. | req/s | TTFC p50 / p99 ms | TPOC p50 / p99 us | chars/s | errors |\n"
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"
+)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}" if seconds == seconds else "-"
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:.0f}" if seconds == seconds else "-"
+
+
+def table_row(server: str, r: LevelResult) -> str:
+    return (
+        f"| {server} | {r.mode} | {r.concurrency} | {r.requests_per_s:.1f} "
+        f"| {ms(percentile(r.ttfc, 0.5))} / {ms(percentile(r.ttfc, 0.99))} "
+        f"| {us(percentile(r.tpoc, 0.5))} / {us(percentile(r.tpoc, 0.99))} "
+        f"| {r.chars_per_s:,.0f} | {r.errors()} |"
+    )
+
+
+def bare_row(t: LoopTiming) -> str:
+    """The bare sampling loop as a row of the table: its step time is its time per character."""
+    kernel = "oneDNN on" if t.onednn else "oneDNN off"
+    step = us(t.seconds_per_step)
+    return (
+        f"| bare loop ({kernel}) | loop | {t.batch_size} | - | - | {step} / {step} "
+        f"| {t.chars_per_s:,.0f} | none |"
+    )
+
+
+def verdict(ok: bool) -> str:
+    return "meets target" if ok else "MISSES target"
+
+
+def at_least(value: float, target: float) -> str:
+    return f"{value:.2f}x (target >= {target:g}x: {verdict(value >= target)})"
+
+
+def ratio_lines(s: dict[str, Any]) -> list[str]:
+    """The targets of the serving benchmark for one model, each with its figures and verdict."""
+    lines = []
+    for level, r in sorted(s["vs_bare_loop"].items()):
+        lines.append(
+            f"HTTP generation / bare loop at {level} streams: non-streamed "
+            f"{r['generate_chars_per_s']:,.0f} / {r['bare_chars_per_s']:,.0f} chars/s = "
+            f"{at_least(r['generate'], 0.8)}; streamed {r['stream_chars_per_s']:,.0f} / "
+            f"{r['bare_chars_per_s']:,.0f} = {at_least(r['stream'], 0.6)}"
+        )
+    for level, r in sorted(s["vs_unbatched"].items()):
+        lines.append(
+            f"batched / CHARLM_MAX_BATCH_SIZE=1 at {level} streams: non-streamed "
+            f"{at_least(r['generate'], 8)}; streamed {at_least(r['stream'], 8)}"
+        )
+    single = s["single_stream_over_bare_step"]
+    lines.append(
+        f"single stream time per character {us(s['single_stream_tpoc_s'])} us / eager bare step "
+        f"{us(s['bare_step_s'])} us = {single:.2f} (target <= 0.6: {verdict(single <= 0.6)})"
+    )
+    texts = s["score_texts"]
+    lines.append(
+        f"in-process scoring of {len(texts)} texts of {max(texts)} chars "
+        f"{ms(s['inprocess_score_s'])} ms / one bare forward over the same padded batch "
+        f"{ms(s['bare_forward_s'])} ms: chars/s {at_least(s['inprocess_over_bare_forward'], 0.8)}"
+    )
+    lines.append(
+        f"HTTP scoring, {len(texts)} concurrent requests of one text, "
+        f"{s['http_score_chars_per_s']:,.0f} chars/s / in-process "
+        f"{s['inprocess_score_chars_per_s']:,.0f} chars/s: "
+        f"{at_least(s['http_score_over_inprocess'], 0.7)}; CPU per request: server "
+        f"{ms(s['http_score_server_cpu_s_per_request'])} ms (model included), client "
+        f"{ms(s['http_score_client_cpu_s_per_request'])} ms"
+    )
+    return lines
