@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import uvicorn
 from pydantic import ValidationError
 
-from app.middleware import RequestIdFilter
+from app.api.middleware import RequestIdFilter
 from app.settings import Settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"

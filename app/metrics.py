@@ -1,12 +1,10 @@
 """Prometheus metrics of one app: a registry of its own (not the process-global one), so
 several apps in one process (tests) never share counters.
 
-Engines report in either of two ways:
-
-- pass the ``Metrics`` object to the engine, which registers its own collectors on
-  ``metrics.registry`` (histograms of batch size, time to first character, ...), or
-- implement ``engine.stats() -> dict[str, float]``; ``EngineStatsCollector`` exports each numeric
-  entry as the gauge ``charlm_engine_<key>{model="..."}`` at scrape time.
+The app's own counters (requests, characters, models) are updated as requests run; what the
+engines measure about themselves is read at scrape time (``EngineCollector``): the plain figures
+of ``engine.stats()`` as gauges, the latency histograms of ``engine.histograms()`` (time to first
+character, time per output character, rows per decode step) and the rejections by reason.
 """
 
 from __future__ import annotations
@@ -14,49 +12,77 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from app.engine_metrics import EngineMetricsCollector
+from app.engine.engine import ModelEngine
+from app.engine.stats import REJECT_REASONS, HistogramSnapshot
 
 logger = logging.getLogger(__name__)
 
 # request latencies span a health check (~1 ms) to a long generation (minutes)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _METRIC_NAME = re.compile(r"[^a-zA-Z0-9_]")
+_HISTOGRAM_HELP = {
+    "time_to_first_char_seconds": "seconds from a completion's admission to its first character",
+    "time_per_output_char_seconds": "seconds per generated character after the first, per request",
+    "decode_batch_rows": "rows in one decode step of the engine",
+}
 
 
-class EngineStatsCollector(Collector):
-    """Exports ``engine.stats()`` of every loaded engine as gauges, read when scraped."""
+class EngineCollector(Collector):
+    """What every engine that ``source()`` returns (model id -> engine) says about itself."""
 
-    def __init__(self, source: Callable[[], Mapping[str, Any]]) -> None:
-        # source: model id -> engine (anything; engines without ``stats`` are skipped)
+    def __init__(self, source: Callable[[], Mapping[str, ModelEngine]]) -> None:
         self._source = source
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        families: dict[str, GaugeMetricFamily] = {}
+    def collect(self) -> Iterable[Metric]:
+        gauges: dict[str, GaugeMetricFamily] = {}
+        histograms: dict[str, HistogramMetricFamily] = {}
+        rejected = CounterMetricFamily(
+            "charlm_engine_rejected_requests",
+            "requests an engine refused, by reason (queue_full, closed, timeout)",
+            labels=["model", "reason"],
+        )
         for model_id, engine in sorted(self._source().items()):
-            stats_fn = getattr(engine, "stats", None)
-            if stats_fn is None:
-                continue
             try:
-                stats = stats_fn()
-            except Exception:  # a broken stats() must not break the scrape
-                logger.exception("engine %s: stats() failed", model_id)
+                stats = engine.stats()
+                snapshots = engine.histograms()
+                rejections = engine.rejections()
+            except Exception:  # a broken engine must not break the scrape
+                logger.exception("engine %s: reading its metrics failed", model_id)
                 continue
             for key, value in stats.items():
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    continue
-                name = "charlm_engine_" + _METRIC_NAME.sub("_", str(key))
-                family = families.get(name)
-                if family is None:
-                    family = GaugeMetricFamily(name, f"engine stat {key}", labels=["model"])
-                    families[name] = family
-                family.add_metric([model_id], float(value))
-        return list(families.values())
+                name = "charlm_engine_" + _METRIC_NAME.sub("_", key)
+                if name not in gauges:
+                    gauges[name] = GaugeMetricFamily(name, f"engine stat {key}", labels=["model"])
+                gauges[name].add_metric([model_id], float(value))
+            for key, snapshot in snapshots.items():
+                if key not in histograms:
+                    histograms[key] = HistogramMetricFamily(
+                        "charlm_engine_" + key, _HISTOGRAM_HELP.get(key, key), labels=["model"]
+                    )
+                histograms[key].add_metric([model_id], _buckets(snapshot), sum_value=snapshot.total)
+            for reason in REJECT_REASONS:
+                rejected.add_metric([model_id, reason], rejections.get(reason, 0))
+        return [*gauges.values(), *histograms.values(), rejected]
+
+
+def _buckets(snapshot: HistogramSnapshot) -> list[tuple[str, float]]:
+    """Cumulative counts per upper bound (``le``), ending with ``+Inf``."""
+    buckets: list[tuple[str, float]] = [
+        (repr(float(bound)), count)
+        for bound, count in zip(snapshot.bounds, snapshot.cumulative, strict=True)
+    ]
+    buckets.append(("+Inf", snapshot.count))
+    return buckets
 
 
 class Metrics:
@@ -92,11 +118,9 @@ class Metrics:
             "charlm_models_unavailable", "checkpoints that failed to load", registry=r
         )
 
-    def watch_engines(self, source: Callable[[], Mapping[str, Any]]) -> None:
-        """Export ``stats()`` of the engines that ``source()`` returns (model id -> engine), and
-        their latency histograms and rejections (``app.engine_metrics``)."""
-        self.registry.register(EngineStatsCollector(source))
-        self.registry.register(EngineMetricsCollector(source))
+    def watch_engines(self, source: Callable[[], Mapping[str, ModelEngine]]) -> None:
+        """Export what the engines that ``source()`` returns (model id -> engine) measure."""
+        self.registry.register(EngineCollector(source))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

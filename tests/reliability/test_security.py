@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-import app.deps
+import app.api.deps
 from app.main import create_app
 from app.settings import Settings
 from tests.reliability.conftest import API_KEY, ModelsFolder
@@ -87,7 +87,7 @@ def test_keys_are_compared_in_constant_time(secured: Any, monkeypatch: pytest.Mo
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(app.deps.hmac, "compare_digest", spy)
+    monkeypatch.setattr(app.api.deps.hmac, "compare_digest", spy)
     for header in ("Bearer " + WRONG, "Bearer " + FILE_KEYS[0], "Bearer " + FILE_KEYS[1]):
         calls.clear()
         secured.get("/v1/models", headers={"Authorization": header})

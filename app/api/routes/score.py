@@ -1,0 +1,77 @@
+"""``POST /v1/score``: log-probabilities of texts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from app.api.deps import ServicesDep
+from app.api.errors import APIError, ErrorResponse
+from app.api.responses import model_response
+from app.api.schemas.score import (
+    ScoreMode,
+    ScoreRequest,
+    ScoreResponse,
+    ScoreUsage,
+    TextScoreResult,
+)
+from models.base import CharLM
+from models.infill import pll_score_texts
+
+router = APIRouter(prefix="/v1", tags=["score"])
+
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}
+
+
+@router.post("/score", response_model=ScoreResponse, responses=_ERRORS)  # type: ignore[arg-type]
+async def score(request: ScoreRequest, services: ServicesDep) -> Response:
+    """Score each text from the start of a document (after ``<bos>`` and ``context``)."""
+    request.check_limits(services.limits)
+    entry = services.store.resolve(request.model)
+    assert entry.engine is not None and entry.checkpoint is not None
+    vocab = entry.checkpoint.vocab
+    mode = score_mode(request.mode, entry.id, entry.checkpoint.model)
+    if mode == "pll":  # off the event loop; eval-mode inference is thread-safe
+        scores = await asyncio.to_thread(
+            pll_score_texts,
+            entry.checkpoint.model,
+            vocab,
+            request.texts,
+            request.context,
+            request.top_k,
+        )
+    else:
+        scores = await entry.engine.score(request.texts, request.context, request.top_k)
+    results = [
+        TextScoreResult.build(text, s, request.per_char, vocab)
+        for text, s in zip(request.texts, scores, strict=True)
+    ]
+    chars = sum(r.num_chars for r in results)
+    services.metrics.chars_scored.labels(entry.id).inc(chars)
+    usage = ScoreUsage(chars_scored=chars, context_chars=len(request.context))
+    return model_response(ScoreResponse(model=entry.id, mode=mode, results=results, usage=usage))
+
+
+def score_mode(requested: ScoreMode | None, model_id: str, model: CharLM) -> ScoreMode:
+    """The requested mode, or the model's own; 400 when the model cannot score that way."""
+    if requested is None:
+        return "causal" if model.can_generate else "pll"
+    if requested == "pll" and model.can_generate:
+        raise APIError(
+            400,
+            f"mode 'pll' needs a bidirectional model; {model_id!r} ({model.config.arch})"
+            " reads left to right: use mode 'causal'",
+            param="mode",
+            code="not_bidirectional",
+        )
+    if requested == "causal" and not model.can_generate:
+        raise APIError(
+            400,
+            f"model {model_id!r} ({model.config.arch}) is bidirectional: it predicts each"
+            " character from both sides and has no left-to-right probability; use mode 'pll'",
+            param="mode",
+            code="bidirectional_model",
+        )
+    return requested

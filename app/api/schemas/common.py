@@ -1,0 +1,127 @@
+"""Types and limits shared by the request schemas.
+
+Fixed bounds (list sizes, temperature range, ...) are ``Field`` bounds. Bounds set by the operator
+(``CHARLM_MAX_TEXT_CHARS``, ``CHARLM_MAX_NEW_CHARS``) are marked with ``x-charlm-limit`` in the
+JSON schema; ``apply_limits_to_openapi`` writes their configured values into the published
+OpenAPI document, and ``check_text``/``check_new_chars`` enforce them with a 413.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
+from pydantic.json_schema import JsonDict
+
+from app.api.errors import too_large
+from app.store import MODEL_ID_PATTERN
+from models.sampling import MAX_SEED
+
+MAX_TEXTS = 64  # texts in one score request
+MAX_PROMPTS = 16  # prompts in one completions request
+MAX_N = 16  # completions per prompt
+MAX_STOPS = 4  # stop strings (OpenAI's limit)
+MAX_STOP_CHARS = 64
+MAX_SCORE_TOP_K = 20  # alternatives per character in /v1/score
+MAX_LOGPROBS = 5  # alternatives per character in /v1/completions (OpenAI's limit)
+MAX_TEMPERATURE = 10.0
+MAX_SAMPLING_TOP_K = 100_000
+# the OpenAPI document publishes bounds as JSON numbers (doubles): 2**63 would round up there, and
+# JavaScript clients (the playground) hold integers exactly only below 2**53
+MAX_REQUEST_SEED = min(MAX_SEED - MAX_N, 2**53 - 1)
+# per-character output (a logprob and its alternatives per character) of one response, at most:
+# about 50 bytes of JSON each, so responses stay in the tens of megabytes
+MAX_PER_CHAR_ENTRIES = 250_000
+
+TEXT_LIMIT: JsonDict = {"x-charlm-limit": "max_text_chars"}
+NEW_CHARS_LIMIT: JsonDict = {"x-charlm-limit": "max_new_chars"}
+
+
+def _valid_unicode(text: str) -> str:
+    """Reject lone surrogates (JSON's ``\\ud800`` escapes): they are not characters."""
+    for offset, ch in enumerate(text):
+        if "\ud800" <= ch <= "\udfff":
+            raise ValueError(
+                f"text holds a lone surrogate U+{ord(ch):04X} at offset {offset};"
+                " send valid Unicode"
+            )
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+# true or false only: the schema says boolean, so 0, 1 or "yes" are refused, not coerced
+Flag = Annotated[bool, Strict()]
+ModelId = Annotated[
+    str, Field(pattern=MODEL_ID_PATTERN, description="model id; the default model when omitted")
+]
+Seed = Annotated[int, Field(ge=0, le=MAX_REQUEST_SEED)]
+StopString = Annotated[Text, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+
+
+class StrictModel(BaseModel):
+    """Requests: unknown fields are an error (a typo must fail, not be ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Limits(BaseModel):
+    """The operator's limits a request is checked against (from Settings)."""
+
+    max_text_chars: int
+    max_new_chars: int
+
+
+def check_text(text: str, param: str, limits: Limits) -> None:
+    if len(text) > limits.max_text_chars:
+        raise too_large(
+            f"{param} has {len(text)} characters; this server accepts at most"
+            f" {limits.max_text_chars} (CHARLM_MAX_TEXT_CHARS)",
+            param,
+            "text_too_long",
+        )
+
+
+def check_new_chars(value: int, param: str, limits: Limits) -> None:
+    if value > limits.max_new_chars:
+        raise too_large(
+            f"{param} is {value}; this server generates at most {limits.max_new_chars}"
+            " characters per completion (CHARLM_MAX_NEW_CHARS)",
+            param,
+            "max_new_chars_exceeded",
+        )
+
+
+def check_per_char_entries(chars: int, alternatives: int, param: str) -> None:
+    """413 when ``chars`` characters with ``alternatives`` each would make too large a reply."""
+    entries = chars * (1 + alternatives)
+    if entries > MAX_PER_CHAR_ENTRIES:
+        raise too_large(
+            f"per-character output of {chars} characters with {alternatives} alternatives each"
+            f" is {entries} entries; a request may ask for at most {MAX_PER_CHAR_ENTRIES}"
+            " (score fewer characters or ask for fewer alternatives)",
+            param,
+            "per_char_output_too_large",
+        )
+
+
+def _set_limit(node: dict[str, Any], value: int) -> None:
+    kind = node.get("type")
+    if kind == "string":
+        node["maxLength"] = value
+    elif kind == "integer":
+        node["maximum"] = value
+    elif kind == "array" and isinstance(node.get("items"), dict):
+        _set_limit(node["items"], value)
+    for variant in node.get("anyOf", []):
+        _set_limit(variant, value)
+
+
+def apply_limits_to_openapi(schema: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """Write the configured limits into every schema property marked ``x-charlm-limit``."""
+    values = limits.model_dump()
+    for component in schema.get("components", {}).get("schemas", {}).values():
+        for prop in component.get("properties", {}).values():
+            name = prop.get("x-charlm-limit")
+            if name in values:
+                _set_limit(prop, values[name])
+    return schema

@@ -1,0 +1,132 @@
+"""``POST /v1/score``: log-probabilities of texts, per text and optionally per character."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Self
+
+from pydantic import BaseModel, Field, model_validator
+
+from app.api.schemas.common import (
+    MAX_SCORE_TOP_K,
+    MAX_TEXTS,
+    TEXT_LIMIT,
+    Flag,
+    Limits,
+    ModelId,
+    StrictModel,
+    Text,
+    check_per_char_entries,
+    check_text,
+)
+from models.scoring import TextScore
+from models.vocab import CharVocab
+
+ScoreMode = Literal["causal", "pll"]
+
+# exp() overflows a float64 above this; perplexities beyond it are reported as this bound
+_MAX_LOG_PERPLEXITY = 709.0
+
+
+class ScoreRequest(StrictModel):
+    """Texts to score. Each is read after ``<bos>`` and ``context``; every character is scored."""
+
+    model: ModelId | None = None
+    texts: list[Text] = Field(
+        min_length=1,
+        max_length=MAX_TEXTS,
+        json_schema_extra=TEXT_LIMIT,
+        description="texts to score, each independently",
+    )
+    context: Text = Field(
+        default="",
+        json_schema_extra=TEXT_LIMIT,
+        description="prefix that conditions but is not scored",
+    )
+    per_char: Flag = Field(default=False, description="return a logprob for every character")
+    top_k: int = Field(
+        default=0, ge=0, le=MAX_SCORE_TOP_K, description="with per_char: the k likeliest characters"
+    )
+    mode: ScoreMode | None = Field(
+        default=None,
+        description="'causal': left-to-right probability; 'pll': pseudo-log-likelihood, each"
+        " character given both sides (bidirectional models only). Default: the model's own",
+    )
+
+    @model_validator(mode="after")
+    def _top_k_needs_per_char(self) -> Self:
+        if self.top_k and not self.per_char:
+            raise ValueError("top_k > 0 needs per_char: true (alternatives are per character)")
+        return self
+
+    def check_limits(self, limits: Limits) -> None:
+        for i, text in enumerate(self.texts):
+            check_text(text, f"texts.{i}", limits)
+        check_text(self.context, "context", limits)
+        if self.per_char:
+            chars = sum(len(text) for text in self.texts)
+            check_per_char_entries(chars, self.top_k, "per_char")
+
+
+class TopChar(BaseModel):
+    char: str = Field(description="a character, or <unk> for any unknown character")
+    logprob: float
+
+
+class CharScore(BaseModel):
+    char: str
+    offset: int = Field(description="index of the character in the text, in code points")
+    logprob: float = Field(description="natural log-probability of this character")
+    top: list[TopChar] | None = None
+
+
+class TextScoreResult(BaseModel):
+    logprob: float = Field(description="natural log-probability of the whole text")
+    bits_per_char: float
+    perplexity: float = Field(description="exp(-logprob / num_chars); 1 for an empty text")
+    num_chars: int
+    num_unknown: int = Field(description="characters outside the model's vocabulary")
+    per_char: list[CharScore] | None = None
+
+    @classmethod
+    def build(cls, text: str, score: TextScore, per_char: bool, vocab: CharVocab) -> Self:
+        logprob = score.logprob
+        nats = -logprob / score.num_chars if score.num_chars else 0.0
+        chars: list[CharScore] | None = None
+        if per_char:
+            values = score.logprobs.tolist()
+            tops: list[list[TopChar]] | None = None
+            if score.top_ids is not None and score.top_logprobs is not None:
+                tops = [
+                    [
+                        TopChar(char=vocab.token(i), logprob=lp)
+                        for i, lp in zip(ids, lps, strict=True)
+                    ]
+                    for ids, lps in zip(
+                        score.top_ids.tolist(), score.top_logprobs.tolist(), strict=True
+                    )
+                ]
+            chars = [
+                CharScore(char=ch, offset=i, logprob=values[i], top=tops[i] if tops else None)
+                for i, ch in enumerate(text)
+            ]
+        return cls(
+            logprob=logprob,
+            bits_per_char=nats / math.log(2),
+            perplexity=math.exp(min(nats, _MAX_LOG_PERPLEXITY)),
+            num_chars=score.num_chars,
+            num_unknown=score.num_unknown,
+            per_char=chars,
+        )
+
+
+class ScoreUsage(BaseModel):
+    chars_scored: int = Field(description="characters of all texts (context excluded)")
+    context_chars: int
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    mode: ScoreMode = Field(default="causal", description="how the texts were scored")
+    results: list[TextScoreResult] = Field(description="one per text, in order")
+    usage: ScoreUsage

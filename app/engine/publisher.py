@@ -1,0 +1,95 @@
+"""Hand-off of results from a scheduler's worker thread to the event loops that wait for them.
+
+Completions: new text is kept per request and handed to its ``Mailbox`` at a publication; the
+consumers are woken with one ``call_soon_threadsafe`` per event loop (each is a socket write that
+gives up the GIL). The worker publishes at once for a request's first characters and its end,
+otherwise every ``stream_interval_s`` or 0.5 ms per generating row if that is longer (32 rows:
+20 ms, 128 rows: 64 ms), so a stream's characters are coalesced into few chunks and the event
+loop's work per second stays bounded. Scoring requests are resolved the same way, one wake-up per
+loop (``resolve_all``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from app.engine.requests import GenerationRequest, Mailbox, ScoreRequest
+
+# the publishing interval grows by this much per generating row (see ``Publisher.publish``)
+STREAM_INTERVAL_PER_ROW_S = 0.0005
+
+
+def _set_events(boxes: list[Mailbox]) -> None:
+    for box in boxes:
+        box.event.set()
+
+
+def _resolve(requests: list[ScoreRequest], error: BaseException | None) -> None:
+    for request in requests:
+        if request.future.done():
+            continue
+        if error is not None:
+            request.future.set_exception(error)
+        else:
+            request.future.set_result([r for r in request.results if r is not None])
+
+
+def resolve_all(requests: list[ScoreRequest], error: BaseException | None = None) -> None:
+    """Complete scoring requests on their event loops: one wake-up per loop, not per request."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[ScoreRequest]] = {}
+    for request in requests:
+        by_loop.setdefault(request.loop, []).append(request)
+    for loop, group in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
+            loop.call_soon_threadsafe(_resolve, group, error)
+
+
+class Publisher:
+    """Text of completions kept for the next publication, and the mailboxes to wake (used by the
+    worker thread only)."""
+
+    def __init__(self, stream_interval_s: float) -> None:
+        self.stream_interval_s = stream_interval_s
+        self.urgent = False  # publish at the next call whatever the interval
+        self._wakes: dict[asyncio.AbstractEventLoop, list[Mailbox]] = {}
+        self._dirty: list[GenerationRequest] = []  # requests with text not yet in their mailbox
+        self._last_publish = 0.0
+
+    def deliver(self, request: GenerationRequest, text: str, finish: str | None = None) -> None:
+        """Keep new text (and the end) for the next publication."""
+        if not request.pending and request.finish is None:
+            self._dirty.append(request)
+        if text:
+            request.pending.append(text)
+        if finish is not None:
+            request.finish = finish
+
+    def fail(self, request: GenerationRequest, error: BaseException, num_chars: int) -> None:
+        """Hand ``error`` to the request's mailbox now; its consumer raises it."""
+        box = request.mailbox
+        if box.put("", num_chars, error=error):
+            self._wakes.setdefault(box.loop, []).append(box)
+
+    def publish(self, generating_rows: int, force: bool = False) -> None:
+        """Hand the kept text to the mailboxes and wake their consumers: one call per loop."""
+        if not self._dirty and not self._wakes:
+            return
+        now = time.monotonic()
+        # more streams, fewer events each: the event loop's work stays bounded (~2000 wakes/s)
+        interval = max(self.stream_interval_s, generating_rows * STREAM_INTERVAL_PER_ROW_S)
+        if not (force or self.urgent or now - self._last_publish >= interval):
+            return
+        for request in self._dirty:
+            box = request.mailbox
+            if box.put("".join(request.pending), request.text.shown, request.finish):
+                self._wakes.setdefault(box.loop, []).append(box)
+            request.pending.clear()
+        self._dirty = []
+        for loop, boxes in self._wakes.items():
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
+                loop.call_soon_threadsafe(_set_events, boxes)
+        self._wakes = {}
+        self.urgent = False
+        self._last_publish = now
