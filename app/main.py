@@ -36,6 +36,7 @@ from app.api.middleware import (
     APIKeyMiddleware,
     BodyLimitMiddleware,
     RequestContextMiddleware,
+    release_current,
 )
 from app.api.routes import completions, generate, health, infill, models, playground, score
 from app.api.schemas.common import Limits, apply_limits_to_openapi
@@ -89,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; ``settings`` defaults to the ``CHARLM_*`` environment."""
     settings = settings or Settings()
     metrics = Metrics()
-    store = ModelStore(settings, metrics)
+    store = ModelStore(settings, metrics, on_submitted=release_current)
     keys = [k.encode("utf-8") for k in settings.load_api_keys()]
     limits = Limits(max_text_chars=settings.max_text_chars, max_new_chars=settings.max_new_chars)
     services = Services(settings, metrics, store, keys, limits)

@@ -12,6 +12,9 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+#: a model id: the stem of a checkpoint file in the models folder, and what a request names
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
 
 def _split_commas(value: object) -> object:
     """``"a, b,,c"`` -> ``["a", "b", "c"]``; lists pass through (tests build Settings directly)."""

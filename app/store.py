@@ -3,6 +3,9 @@
 The model id is the file's stem. Ids come from file names only, so a request's ``model`` is only
 ever a key looked up here, never joined into a path. A file that fails to load (bad name, corrupt,
 foreign format) is logged and listed as unavailable with its reason; the others serve.
+
+A lookup that finds no model to serve raises one of the ``StoreError`` subclasses below; the API
+maps each to its HTTP status (``app.api.errors``).
 """
 
 from __future__ import annotations
@@ -10,35 +13,41 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from app.api.errors import UNAVAILABLE, APIError
 from app.engine.engine import ModelEngine
 from app.metrics import Metrics
-from app.settings import Settings
+from app.settings import MODEL_ID_PATTERN, Settings
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
-MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _MODEL_ID = re.compile(MODEL_ID_PATTERN)
 CHECKPOINT_SUFFIX = ".safetensors"
 RESUME_SUFFIX = ".resume.safetensors"
 
 
-def build_engine(
-    model_id: str, checkpoint: LoadedCheckpoint, settings: Settings, metrics: Metrics
-) -> ModelEngine:
-    """The one place engines are constructed, with the configured limits."""
-    return ModelEngine(
-        model_id,
-        checkpoint,
-        max_queue=settings.max_queue,
-        max_batch_size=settings.max_batch_size,
-        request_timeout_s=settings.request_timeout_s,
-    )
+class StoreError(Exception):
+    """A request names no model the store can serve."""
+
+
+class ModelNotFoundError(StoreError):
+    """No checkpoint of the models folder has this id."""
+
+
+class ModelUnavailableError(StoreError):
+    """The checkpoint exists but failed to load."""
+
+
+class NoModelError(StoreError):
+    """The request names no model and none is loaded."""
+
+
+class ModelRequiredError(StoreError):
+    """The request names no model and several could serve it, none of them the default."""
 
 
 @dataclass
@@ -61,16 +70,22 @@ class ModelEntry:
         return "ready" if self.ready else "unavailable"
 
 
-def _load(path: Path, device: str) -> LoadedCheckpoint:
-    return load_checkpoint(path, device=device)
-
-
 class ModelStore:
-    """Loads the models folder and resolves a request's ``model`` to a ready entry."""
+    """Loads the models folder and resolves a request's ``model`` to a ready entry.
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    ``on_submitted`` is handed to every engine (see ``ModelEngine``): the server's admission
+    control hears through it that a request has reached its engine.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        on_submitted: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.on_submitted = on_submitted
         self.entries: dict[str, ModelEntry] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -92,6 +107,18 @@ class ModelStore:
             logger.warning("CHARLM_DEFAULT_MODEL %r is not among the ready models", default)
         self._update_gauges()
 
+    def _build_engine(self, model_id: str, checkpoint: LoadedCheckpoint) -> ModelEngine:
+        """The one place engines are constructed, with the configured limits."""
+        settings = self.settings
+        return ModelEngine(
+            model_id,
+            checkpoint,
+            max_queue=settings.max_queue,
+            max_batch_size=settings.max_batch_size,
+            request_timeout_s=settings.request_timeout_s,
+            on_submitted=self.on_submitted,
+        )
+
     async def _load_one(self, path: Path) -> ModelEntry:
         model_id = path.name[: -len(CHECKPOINT_SUFFIX)]
         try:
@@ -106,8 +133,10 @@ class ModelStore:
             )
         else:
             try:
-                entry.checkpoint = await asyncio.to_thread(_load, path, self.settings.device)
-                engine = build_engine(model_id, entry.checkpoint, self.settings, self.metrics)
+                entry.checkpoint = await asyncio.to_thread(
+                    load_checkpoint, path, device=self.settings.device
+                )
+                engine = self._build_engine(model_id, entry.checkpoint)
                 await engine.start()
                 entry.engine = engine
             except CheckpointError as exc:
@@ -137,17 +166,12 @@ class ModelStore:
         return [e.id for e in self.entries.values() if e.ready]
 
     def find(self, model_id: str) -> ModelEntry:
-        """The entry for ``model_id``, ready or not; 404 if there is none."""
+        """The entry for ``model_id``, ready or not (``ModelNotFoundError`` if there is none)."""
         entry = self.entries.get(model_id)
         if entry is None:
             choices = ", ".join(self.ready_ids()) or "none"
             shown = model_id if len(model_id) <= 80 else model_id[:80] + "..."
-            raise APIError(
-                404,
-                f"model {shown!r} does not exist (available: {choices})",
-                param="model",
-                code="model_not_found",
-            )
+            raise ModelNotFoundError(f"model {shown!r} does not exist (available: {choices})")
         return entry
 
     def resolve(self, model_id: str | None) -> ModelEntry:
@@ -156,12 +180,7 @@ class ModelStore:
             model_id = self._default_id()
         entry = self.find(model_id)
         if not entry.ready:
-            raise APIError(
-                404,
-                f"model {model_id!r} is unavailable: {entry.error}",
-                param="model",
-                code="model_unavailable",
-            )
+            raise ModelUnavailableError(f"model {model_id!r} is unavailable: {entry.error}")
         return entry
 
     def _default_id(self) -> str:
@@ -171,10 +190,5 @@ class ModelStore:
         if len(ready) == 1:
             return ready[0]
         if not ready:
-            raise APIError(503, "no model is loaded", type=UNAVAILABLE, code="no_model")
-        raise APIError(
-            400,
-            f"the request must name a model: choose one of {', '.join(ready)}",
-            param="model",
-            code="model_required",
-        )
+            raise NoModelError("no model is loaded")
+        raise ModelRequiredError(f"the request must name a model: choose one of {', '.join(ready)}")

@@ -1,8 +1,9 @@
 """One error shape for every failure, OpenAI's: ``{"error": {"message", "type", "param", "code"}}``.
 
-Routes and dependencies raise ``APIError`` (or let engine errors through); the handlers installed by
-``install_error_handlers`` turn those, FastAPI's own 404/405/422 and anything unexpected into that
-shape. Nothing else in the app builds error responses.
+Routes and dependencies raise ``APIError`` or let the domain errors through (the engine's, the model
+store's, a request over the operator's limits); the handlers installed by ``install_error_handlers``
+turn those, FastAPI's own 404/405/422 and anything unexpected into that shape (``as_api_error``
+maps each domain error to its status). Nothing else in the app builds error responses.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.engine.engine import CannotGenerateError, EngineClosedError, QueueFullError
+from app.api.schemas.common import LimitExceededError
+from app.engine.errors import CannotGenerateError, EngineClosedError, EngineError, QueueFullError
+from app.store import (
+    ModelNotFoundError,
+    ModelRequiredError,
+    ModelUnavailableError,
+    NoModelError,
+    StoreError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +94,31 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
-def too_large(message: str, param: str | None, code: str) -> APIError:
-    return APIError(413, message, param=param, code=code)
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a route that can answer each of ``statuses`` with the error shape."""
+    return {status: {"model": ErrorResponse} for status in statuses}
 
 
-def from_engine_error(exc: Exception) -> APIError:
-    """Map an engine error to the client-facing one (also used for errors inside a stream)."""
+# domain errors -> (status, type, code, param); the message is the error's own
+_MAPPED: tuple[tuple[type[Exception], int, str, str, str | None], ...] = (
+    (CannotGenerateError, 400, INVALID_REQUEST, "cannot_generate", "model"),
+    (ModelRequiredError, 400, INVALID_REQUEST, "model_required", "model"),
+    (ModelNotFoundError, 404, INVALID_REQUEST, "model_not_found", "model"),
+    (ModelUnavailableError, 404, INVALID_REQUEST, "model_unavailable", "model"),
+    (NoModelError, 503, UNAVAILABLE, "no_model", None),
+    (EngineClosedError, 503, UNAVAILABLE, "engine_closed", None),
+)
+#: every error class the handlers map (``install_error_handlers`` registers each)
+DOMAIN_ERRORS: tuple[type[Exception], ...] = (
+    EngineError,
+    StoreError,
+    LimitExceededError,
+    TimeoutError,
+)
+
+
+def as_api_error(exc: Exception) -> APIError:
+    """The client-facing error for any exception (also used for errors inside a stream)."""
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, QueueFullError):
@@ -102,12 +130,11 @@ def from_engine_error(exc: Exception) -> APIError:
             code="queue_full",
             headers={"Retry-After": str(retry)},
         )
-    if isinstance(exc, EngineClosedError):
-        return APIError(
-            503, str(exc) or "the model is shutting down", type=UNAVAILABLE, code="engine_closed"
-        )
-    if isinstance(exc, CannotGenerateError):
-        return APIError(400, str(exc), param="model", code="cannot_generate")
+    if isinstance(exc, LimitExceededError):
+        return APIError(413, str(exc), param=exc.param, code=exc.code)
+    for error_class, status, kind, code, param in _MAPPED:
+        if isinstance(exc, error_class):
+            return APIError(status, str(exc), type=kind, param=param, code=code)
     if isinstance(exc, TimeoutError):
         return APIError(
             503, "the request took longer than the server allows", type=UNAVAILABLE, code="timeout"
@@ -224,12 +251,12 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _STATUS_CODES.get(status, f"http_{status}")
         return error_response(status, message, kind, None, code, exc.headers)
 
-    async def engine_error(request: Request, exc: Exception) -> JSONResponse:
-        return from_engine_error(exc).response()
+    async def domain_error(request: Request, exc: Exception) -> JSONResponse:
+        return as_api_error(exc).response()
 
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    for error in (QueueFullError, EngineClosedError, CannotGenerateError, TimeoutError):
-        app.add_exception_handler(error, engine_error)
-    app.add_exception_handler(Exception, engine_error)
+    for error in DOMAIN_ERRORS:
+        app.add_exception_handler(error, domain_error)
+    app.add_exception_handler(Exception, domain_error)

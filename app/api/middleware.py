@@ -18,25 +18,26 @@ before them.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import authorization_error
-from app.api.errors import SERVER, error_response, from_engine_error
-from app.engine.engine import ModelEngine, QueueFullError
-from app.engine.reservations import Reservations, holding
+from app.api.errors import SERVER, as_api_error, error_response
+from app.engine.engine import ModelEngine
+from app.engine.reservations import Reservation, Reservations
 from app.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("app.access")
 
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 # a client's id is echoed only if it is short and plain (it goes into headers and logs)
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
@@ -214,6 +215,29 @@ class APIKeyMiddleware:
 
 ENGINE_ROUTES = frozenset({"/v1/generate", "/v1/score", "/v1/completions"})
 
+# the reservation of the request being served, if it holds one (it travels with the request's
+# context, so routes pass nothing along)
+_reservation: ContextVar[Reservation | None] = ContextVar("charlm_reservation", default=None)
+
+
+@contextmanager
+def holding(reservation: Reservation) -> Iterator[None]:
+    """Make ``reservation`` the current request's for the block; released at its end."""
+    token = _reservation.set(reservation)
+    try:
+        yield
+    finally:
+        reservation.release()
+        _reservation.reset(token)
+
+
+def release_current() -> None:
+    """End the current request's hold, if it has one: its engine has taken the request (the
+    engines' ``on_submitted`` hook)."""
+    reservation = _reservation.get()
+    if reservation is not None:
+        reservation.release()
+
 
 class AdmissionMiddleware:
     """Answers 429 at once for engine routes while no engine has room for one more request."""
@@ -223,29 +247,14 @@ class AdmissionMiddleware:
         self.engines = engines
         self.reservations = Reservations()
 
-    def _refusal(self) -> QueueFullError | None:
-        engines = list(self.engines().values())
-        if not engines:
-            return None
-        pending = self.reservations.held
-        refusals = []
-        for engine in engines:
-            refusal = engine.queue_full(pending)
-            if refusal is None:
-                return None
-            refusals.append(refusal)
-        for engine in engines:
-            engine.count_rejection("queue_full")
-        return min(refusals, key=lambda r: r.retry_after)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         engine_call = scope["type"] == "http" and scope["method"] == "POST"
         if not (engine_call and scope["path"] in ENGINE_ROUTES):
             await self.app(scope, receive, send)
             return
-        refusal = self._refusal()
+        refusal = self.reservations.refusal(self.engines().values())
         if refusal is not None:
-            await from_engine_error(refusal).response()(scope, receive, send)
+            await as_api_error(refusal).response()(scope, receive, send)
             return
         with holding(self.reservations.hold()):
             for _ in range(3):  # let the requests that arrived with this one be checked

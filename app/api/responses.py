@@ -23,19 +23,20 @@ from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.api.errors import from_engine_error
+from app.api.errors import as_api_error
 
 logger = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
 
 
-def sse_openapi(*events: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI 3.1 ``schema`` of an event stream, which describes one event: its ``data`` is
-    ``[DONE]`` or JSON matching one of ``events`` or the error shape.
+def sse_responses(description: str, *events: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` entry of a route whose 200 may be an event stream of ``events``.
 
-    Nested models are referenced in ``#/components/schemas``, where FastAPI puts every model a
-    route names as a body or response (a test checks that every reference resolves).
+    OpenAPI 3.1 describes a stream by one event: its ``data`` is ``[DONE]`` or JSON matching one
+    of ``events`` or the error shape. Nested models are referenced in ``#/components/schemas``,
+    where FastAPI puts every model a route names as a body or response (a test checks that every
+    reference resolves).
     """
     template = "#/components/schemas/{model}"
     payloads: list[dict[str, Any]] = []
@@ -44,7 +45,7 @@ def sse_openapi(*events: type[BaseModel]) -> dict[str, Any]:
         schema.pop("$defs", None)
         payloads.append(schema)
     payloads.append({"$ref": template.format(model="ErrorResponse")})
-    return {
+    event = {
         "type": "object",
         "required": ["data"],
         "properties": {
@@ -58,6 +59,7 @@ def sse_openapi(*events: type[BaseModel]) -> dict[str, Any]:
             }
         },
     }
+    return {200: {"content": {"text/event-stream": {"schema": event}}, "description": description}}
 
 
 def sse_event(payload: Any) -> bytes:
@@ -71,7 +73,7 @@ async def sse_body(events: AsyncIterator[Any]) -> AsyncGenerator[bytes, None]:
         async for payload in events:
             yield sse_event(payload)
     except Exception as exc:
-        error = from_engine_error(exc)
+        error = as_api_error(exc)
         logger.warning("stream ended by an error: %s", error.message)
         yield sse_event(error.body())
     finally:

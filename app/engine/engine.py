@@ -23,7 +23,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +36,6 @@ from app.engine.errors import (
     RequestTimeoutError,
 )
 from app.engine.requests import CompletionText, GenerationRequest, Mailbox, Phase, ScoreRequest
-from app.engine.reservations import release_current
 from app.engine.scheduler import Scheduler
 from app.engine.stats import REJECT_REASONS, EngineCounters, HistogramSnapshot
 from models.checkpoint import LoadedCheckpoint
@@ -81,6 +80,7 @@ class ModelEngine:
         prompt_chunk: int = 256,
         stream_interval_s: float = 0.02,
         gil_switch_interval_s: float | None = 0.0005,
+        on_submitted: Callable[[], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError("max_batch_size and max_queue must be >= 1")
@@ -92,6 +92,7 @@ class ModelEngine:
         self.max_batch_size = max_batch_size
         self.request_timeout_s = request_timeout_s
         self.gil_switch_interval_s = gil_switch_interval_s
+        self.on_submitted = on_submitted
         self._counters = EngineCounters()
         self._scheduler = Scheduler(
             checkpoint.model,
@@ -147,7 +148,7 @@ class ModelEngine:
         try:
             self._scheduler.submit_score(request)
         finally:
-            release_current()  # queued or refused: the edge's hold on a place ends
+            self._submitted()
         try:
             async with asyncio.timeout(self.request_timeout_s):
                 return await future
@@ -203,7 +204,7 @@ class ModelEngine:
         try:
             self._scheduler.submit_generation(request)
         finally:
-            release_current()  # queued or refused: the edge's hold on a place ends
+            self._submitted()
         box = request.mailbox
         try:
             while True:
@@ -237,6 +238,11 @@ class ModelEngine:
                     ) from None
         # running: the scheduler ends it at its deadline with finish_reason "timeout"
         await event.wait()
+
+    def _submitted(self) -> None:
+        """The request is queued or refused: tell whoever counts requests on their way in."""
+        if self.on_submitted is not None:
+            self.on_submitted()
 
     # ------------------------------------------------------------------ admission
     def queue_full(self, pending: int = 0) -> QueueFullError | None:

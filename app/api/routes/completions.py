@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 
 from app.api.deps import ServicesDep
-from app.api.errors import ErrorResponse
+from app.api.errors import error_responses
 from app.api.openai import complete, open_completion_stream
-from app.api.responses import SSEResponse, sse_openapi
+from app.api.responses import SSEResponse, sse_responses
 from app.api.schemas.completions import CompletionRequest, CompletionResponse
 from app.api.streaming import cancel_on_disconnect
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)
-}
-_ERRORS[200] = {
-    "content": {"text/event-stream": {"schema": sse_openapi(CompletionResponse)}},
-    "description": "JSON, or with stream: true Server-Sent Events of the same shape",
+_RESPONSES = {
+    **error_responses(400, 401, 404, 413, 422, 429, 503),
+    **sse_responses(
+        "JSON, or with stream: true Server-Sent Events of the same shape", CompletionResponse
+    ),
 }
 
 
-@router.post("/completions", responses=_ERRORS, response_model=CompletionResponse)
+@router.post("/completions", responses=_RESPONSES, response_model=CompletionResponse)
 async def completions(
     request: CompletionRequest, services: ServicesDep, http_request: Request
 ) -> CompletionResponse | SSEResponse:

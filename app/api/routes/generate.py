@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.api.deps import ServicesDep
-from app.api.errors import ErrorResponse
-from app.api.responses import SSEResponse, sse_openapi
+from app.api.errors import error_responses
+from app.api.responses import SSEResponse, sse_responses
 from app.api.schemas.generate import (
     Completion,
     GenerateRequest,
@@ -22,14 +22,11 @@ from app.api.streaming import CompletionStreams, cancel_on_disconnect
 
 router = APIRouter(prefix="/v1", tags=["generate"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)
-}
-_ERRORS[200] = {
-    "content": {
-        "text/event-stream": {"schema": sse_openapi(GenerateStreamEvent, GenerateStreamEnd)}
-    },
-    "description": "JSON, or with stream: true Server-Sent Events",
+_RESPONSES = {
+    **error_responses(400, 401, 404, 413, 422, 429, 503),
+    **sse_responses(
+        "JSON, or with stream: true Server-Sent Events", GenerateStreamEvent, GenerateStreamEnd
+    ),
 }
 
 
@@ -58,7 +55,7 @@ async def _events(
     ).model_dump()
 
 
-@router.post("/generate", responses=_ERRORS, response_model=GenerateResponse)
+@router.post("/generate", responses=_RESPONSES, response_model=GenerateResponse)
 async def generate(
     request: GenerateRequest, services: ServicesDep, http_request: Request
 ) -> GenerateResponse | SSEResponse:

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from app.api.deps import ServicesDep
-from app.api.errors import UNAVAILABLE, APIError, ErrorResponse
+from app.api.errors import UNAVAILABLE, APIError, error_responses
 
 router = APIRouter(tags=["health"])
 
@@ -29,7 +29,7 @@ async def health() -> HealthResponse:
     return HealthResponse(status="ok")
 
 
-@router.get("/ready", responses={503: {"model": ErrorResponse}})
+@router.get("/ready", responses=error_responses(503))
 async def ready(services: ServicesDep) -> ReadyResponse:
     """200 once at least one model is loaded, 503 before (or when none could be)."""
     store = services.store

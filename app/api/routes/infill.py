@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import math
 
 from fastapi import APIRouter
 
 from app.api.deps import ServicesDep
-from app.api.errors import APIError, ErrorResponse
+from app.api.errors import APIError, error_responses
 from app.api.schemas.infill import (
     MAX_INFILL_WORK,
     MAX_MASKED_CHARS,
@@ -20,13 +19,12 @@ from app.api.schemas.infill import (
     infill_work,
 )
 from models.infill import InfillError, infill_text
+from models.scoring import bits_per_char
 
 router = APIRouter(prefix="/v1", tags=["infill"])
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422)}
 
-
-@router.post("/infill", responses=_ERRORS)  # type: ignore[arg-type]
+@router.post("/infill", responses=error_responses(400, 401, 404, 413, 422))
 async def infill(request: InfillRequest, services: ServicesDep) -> InfillResponse:
     """Replace each ``mask`` character by the likeliest character given both sides."""
     request.check_limits(services.limits)
@@ -84,6 +82,6 @@ async def infill(request: InfillRequest, services: ServicesDep) -> InfillRespons
         text=result.text,
         gaps=gaps,
         pll=result.pll,
-        pll_bits_per_char=-result.pll / result.num_chars / math.log(2),
+        pll_bits_per_char=bits_per_char(-result.pll / result.num_chars),
         num_masked=masked,
     )

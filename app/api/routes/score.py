@@ -8,24 +8,30 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from app.api.deps import ServicesDep
-from app.api.errors import APIError, ErrorResponse
+from app.api.errors import APIError, error_responses
 from app.api.responses import model_response
 from app.api.schemas.score import (
+    CharScore,
     ScoreMode,
     ScoreRequest,
     ScoreResponse,
     ScoreUsage,
     TextScoreResult,
+    TopChar,
 )
 from models.base import CharLM
 from models.infill import pll_score_texts
+from models.scoring import TextScore, bits_per_char, perplexity
+from models.vocab import CharVocab
 
 router = APIRouter(prefix="/v1", tags=["score"])
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}
 
-
-@router.post("/score", response_model=ScoreResponse, responses=_ERRORS)  # type: ignore[arg-type]
+@router.post(
+    "/score",
+    response_model=ScoreResponse,
+    responses=error_responses(400, 401, 404, 413, 422, 429, 503),
+)
 async def score(request: ScoreRequest, services: ServicesDep) -> Response:
     """Score each text from the start of a document (after ``<bos>`` and ``context``)."""
     request.check_limits(services.limits)
@@ -45,7 +51,7 @@ async def score(request: ScoreRequest, services: ServicesDep) -> Response:
     else:
         scores = await entry.engine.score(request.texts, request.context, request.top_k)
     results = [
-        TextScoreResult.build(text, s, request.per_char, vocab)
+        text_score_result(text, s, request.per_char, vocab)
         for text, s in zip(request.texts, scores, strict=True)
     ]
     chars = sum(r.num_chars for r in results)
@@ -75,3 +81,33 @@ def score_mode(requested: ScoreMode | None, model_id: str, model: CharLM) -> Sco
             code="bidirectional_model",
         )
     return requested
+
+
+def text_score_result(
+    text: str, score: TextScore, per_char: bool, vocab: CharVocab
+) -> TextScoreResult:
+    """The engine's figures for one text as the response shows them."""
+    chars: list[CharScore] | None = None
+    if per_char:
+        values = score.logprobs.tolist()
+        tops: list[list[TopChar]] | None = None
+        if score.top_ids is not None and score.top_logprobs is not None:
+            tops = [
+                [TopChar(char=vocab.token(i), logprob=lp) for i, lp in zip(ids, lps, strict=True)]
+                for ids, lps in zip(
+                    score.top_ids.tolist(), score.top_logprobs.tolist(), strict=True
+                )
+            ]
+        chars = [
+            CharScore(char=ch, offset=i, logprob=values[i], top=tops[i] if tops else None)
+            for i, ch in enumerate(text)
+        ]
+    nats = score.nats_per_char
+    return TextScoreResult(
+        logprob=score.logprob,
+        bits_per_char=bits_per_char(nats),
+        perplexity=perplexity(nats),
+        num_chars=score.num_chars,
+        num_unknown=score.num_unknown,
+        per_char=chars,
+    )

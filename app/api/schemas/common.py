@@ -3,7 +3,8 @@
 Fixed bounds (list sizes, temperature range, ...) are ``Field`` bounds. Bounds set by the operator
 (``CHARLM_MAX_TEXT_CHARS``, ``CHARLM_MAX_NEW_CHARS``) are marked with ``x-charlm-limit`` in the
 JSON schema; ``apply_limits_to_openapi`` writes their configured values into the published
-OpenAPI document, and ``check_text``/``check_new_chars`` enforce them with a 413.
+OpenAPI document, and ``check_text``/``check_new_chars`` enforce them (``LimitExceededError``,
+answered with a 413).
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 from pydantic.json_schema import JsonDict
 
-from app.api.errors import too_large
-from app.store import MODEL_ID_PATTERN
+from app.settings import MODEL_ID_PATTERN
 from models.sampling import MAX_SEED
 
 MAX_TEXTS = 64  # texts in one score request
@@ -58,6 +58,16 @@ Seed = Annotated[int, Field(ge=0, le=MAX_REQUEST_SEED)]
 StopString = Annotated[Text, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
+class LimitExceededError(ValueError):
+    """A request over one of the operator's limits or the size of reply a request may ask for
+    (the API answers 413 naming ``param``)."""
+
+    def __init__(self, message: str, param: str, code: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
 class StrictModel(BaseModel):
     """Requests: unknown fields are an error (a typo must fail, not be ignored)."""
 
@@ -73,7 +83,7 @@ class Limits(BaseModel):
 
 def check_text(text: str, param: str, limits: Limits) -> None:
     if len(text) > limits.max_text_chars:
-        raise too_large(
+        raise LimitExceededError(
             f"{param} has {len(text)} characters; this server accepts at most"
             f" {limits.max_text_chars} (CHARLM_MAX_TEXT_CHARS)",
             param,
@@ -83,7 +93,7 @@ def check_text(text: str, param: str, limits: Limits) -> None:
 
 def check_new_chars(value: int, param: str, limits: Limits) -> None:
     if value > limits.max_new_chars:
-        raise too_large(
+        raise LimitExceededError(
             f"{param} is {value}; this server generates at most {limits.max_new_chars}"
             " characters per completion (CHARLM_MAX_NEW_CHARS)",
             param,
@@ -95,7 +105,7 @@ def check_per_char_entries(chars: int, alternatives: int, param: str) -> None:
     """413 when ``chars`` characters with ``alternatives`` each would make too large a reply."""
     entries = chars * (1 + alternatives)
     if entries > MAX_PER_CHAR_ENTRIES:
-        raise too_large(
+        raise LimitExceededError(
             f"per-character output of {chars} characters with {alternatives} alternatives each"
             f" is {entries} entries; a request may ask for at most {MAX_PER_CHAR_ENTRIES}"
             " (score fewer characters or ask for fewer alternatives)",

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-
-from app.store import ModelEntry
 
 
 class ModelCard(BaseModel):
@@ -18,10 +16,6 @@ class ModelCard(BaseModel):
     owned_by: str = "charlm"
     status: Literal["ready", "unavailable"]
     error: str | None = Field(default=None, description="why an unavailable model failed to load")
-
-    @classmethod
-    def of(cls, entry: ModelEntry) -> Self:
-        return cls(id=entry.id, created=entry.created, status=entry.status, error=entry.error)
 
 
 class ModelList(BaseModel):
@@ -50,25 +44,3 @@ class ModelDetails(ModelCard):
     checkpoint_created: str | None = Field(
         default=None, description="ISO 8601 time the file was written"
     )
-
-    @classmethod
-    def of(cls, entry: ModelEntry) -> Self:
-        card = ModelCard.of(entry).model_dump()
-        ckpt = entry.checkpoint
-        if ckpt is None or not entry.ready:
-            return cls(**card, file=entry.file_name)
-        config = ckpt.config
-        return cls(
-            **card,
-            file=entry.file_name,
-            arch=config.arch,
-            can_generate=ckpt.model.can_generate,
-            vocab_size=config.vocab_size,
-            embed_size=config.embed_size,
-            hidden_size=config.hidden_size,
-            num_layers=config.num_layers,
-            num_parameters=ckpt.model.num_parameters(),
-            options=dict(config.options),
-            training=dict(ckpt.training),
-            checkpoint_created=ckpt.created or None,
-        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Literal, Self
 
 from pydantic import BaseModel, Field, model_validator
@@ -19,13 +18,8 @@ from app.api.schemas.common import (
     check_per_char_entries,
     check_text,
 )
-from models.scoring import TextScore
-from models.vocab import CharVocab
 
 ScoreMode = Literal["causal", "pll"]
-
-# exp() overflows a float64 above this; perplexities beyond it are reported as this bound
-_MAX_LOG_PERPLEXITY = 709.0
 
 
 class ScoreRequest(StrictModel):
@@ -87,37 +81,6 @@ class TextScoreResult(BaseModel):
     num_chars: int
     num_unknown: int = Field(description="characters outside the model's vocabulary")
     per_char: list[CharScore] | None = None
-
-    @classmethod
-    def build(cls, text: str, score: TextScore, per_char: bool, vocab: CharVocab) -> Self:
-        logprob = score.logprob
-        nats = -logprob / score.num_chars if score.num_chars else 0.0
-        chars: list[CharScore] | None = None
-        if per_char:
-            values = score.logprobs.tolist()
-            tops: list[list[TopChar]] | None = None
-            if score.top_ids is not None and score.top_logprobs is not None:
-                tops = [
-                    [
-                        TopChar(char=vocab.token(i), logprob=lp)
-                        for i, lp in zip(ids, lps, strict=True)
-                    ]
-                    for ids, lps in zip(
-                        score.top_ids.tolist(), score.top_logprobs.tolist(), strict=True
-                    )
-                ]
-            chars = [
-                CharScore(char=ch, offset=i, logprob=values[i], top=tops[i] if tops else None)
-                for i, ch in enumerate(text)
-            ]
-        return cls(
-            logprob=logprob,
-            bits_per_char=nats / math.log(2),
-            perplexity=math.exp(min(nats, _MAX_LOG_PERPLEXITY)),
-            num_chars=score.num_chars,
-            num_unknown=score.num_unknown,
-            per_char=chars,
-        )
 
 
 class ScoreUsage(BaseModel):

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from app.engine.reservations import Reservations, holding, release_current
+from app.api.middleware import holding, release_current
+from app.engine.reservations import Reservations
 from tests.support import start_server, stop_server
 
 
