@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.smoke import smoke_corpus  # noqa: E402
 from models.base import CharLM, detach_state  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from models.esn import EchoStateLM  # noqa: E402
@@ -193,7 +195,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--plot", type=Path, help="write a PNG here")
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds: a generated corpus, tiny models and budgets"
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.budget, args.params, args.batch, args.steps = 0.3, 3000, 4, 16
+        args.val_chars, args.esn_chars, args.gen_chars = 500, 5000, 8
+        with tempfile.TemporaryDirectory(prefix="charlm-bench-arch-") as tmp:
+            args.corpus = smoke_corpus(Path(tmp))
+            return run(args)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     if not args.corpus.is_file():
         print(f"skipped: corpus {args.corpus} not found")
         return 0
@@ -205,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     train, val = ids[:split], ids[split : split + args.val_chars]
     print(
         f"corpus {args.corpus.name}: {len(ids)} chars, vocab {len(vocab)}; "
-        f"budget {args.budget:.0f}s per model, ~{args.params} trainable parameters, "
+        f"budget {args.budget:g}s per model, ~{args.params} trainable parameters, "
         f"{args.threads} thread(s), {len(val)} validation chars"
     )
     rows = []

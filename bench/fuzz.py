@@ -10,6 +10,7 @@ failures, and exits 1 if any run failed or fewer than ``--min-cases`` cases ran 
 
     python -m bench.fuzz                      # about 5,000+ cases, several minutes
     python -m bench.fuzz --max-examples 800 --seed 7
+    python -m bench.fuzz --smoke              # seconds: a few cases, to check that it runs
 """
 
 from __future__ import annotations
@@ -47,7 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=20261126)
     parser.add_argument("--min-cases", type=int, default=5000, help="fail below this total")
     parser.add_argument("--save-output", type=Path, help="write schemathesis' full output here")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds: 3 examples an operation, 1 without a key, no coverage phase",
+    )
     args = parser.parse_args(argv)
+    # the smoke run skips the coverage phase, whose hundreds of boundary cases take the time
+    extra = ["--phases", "examples,fuzzing"] if args.smoke else []
+    if args.smoke:
+        args.max_examples, args.max_examples_without_key, args.min_cases = 3, 1, 1
     with tempfile.TemporaryDirectory(prefix="charlm-fuzz-") as tmp:
         folder = Path(tmp) / "models"
         good = write_good_model(folder)
@@ -66,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("without-key", args.max_examples_without_key),
             ):
                 started = time.monotonic()
-                done = run_schemathesis(server.url, auth, examples, args.seed)
+                done = run_schemathesis(server.url, auth, examples, args.seed, extra)
                 output = done.stdout + done.stderr
                 outputs.append(f"===== {auth}\n{output}")
                 cases = generated_cases(output)

@@ -8,6 +8,7 @@ list every step once. It prints, per kill, the step saved and the step reached (
 
     python -m bench.kill_resume
     python -m bench.kill_resume --kills 5 --steps 2000 --seed 3
+    python -m bench.kill_resume --smoke      # seconds: one kill of a short run
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-interval", type=int, default=100, help="steps between saves")
     parser.add_argument("--max-wait", type=float, default=0.8, help="seconds after a save")
     parser.add_argument("--seed", type=int, default=0, help="chooses the kill moments")
+    parser.add_argument("--smoke", action="store_true", help="seconds: one kill, 100 steps")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.kills, args.steps, args.eval_interval, args.max_wait = 1, 100, 25, 0.02
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="charlm-kill-") as tmp_name:
         tmp = Path(tmp_name)

@@ -21,6 +21,7 @@ open generations back to zero.
 
     python -m bench.soak                         # 10 minutes
     python -m bench.soak --duration 120 --json soak.json
+    python -m bench.soak --smoke                 # seconds, to check that it runs
 """
 
 from __future__ import annotations
@@ -348,14 +349,19 @@ def main(argv: list[str] | None = None) -> int:
         "--models-dir", type=Path, help="checkpoints to serve (default: a tiny one)"
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds: 3 s of load after 1 s of warm-up"
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.duration, args.warmup = 3.0, 1.0
     capacity = args.max_batch_size + args.max_queue
     concurrency = max(1, round(args.load_factor * capacity))
     with tempfile.TemporaryDirectory(prefix="charlm-soak-") as tmp:
         folder = args.models_dir
         if folder is None:
             folder = Path(tmp) / "models"
-            write_good_model(folder, steps=200)
+            write_good_model(folder, steps=20 if args.smoke else 200)
         env = {
             "CHARLM_MAX_BATCH_SIZE": str(args.max_batch_size),
             "CHARLM_MAX_QUEUE": str(args.max_queue),

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from bench.machine import machine_line
+from bench.smoke import smoke_corpus
 from bench.train_reference import ReferenceTrainer
 from training.config import TrainConfig, config_from_preset
 from training.data import load_corpus
@@ -67,15 +68,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, _, value = item.partition("=")
         out[key.replace("-", "_")] = json.loads(value)
     return out
-
-
-def smoke_corpus(folder: Path) -> Path:
-    """A generated text of about 40,000 characters: what ``--smoke`` trains on."""
-    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
-    lines = [f"{words[i % 6]} {i % 11} {words[(i * 7) % 6][::-1]}." for i in range(2000)]
-    path = folder / "smoke-corpus.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
