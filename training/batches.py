@@ -11,7 +11,7 @@ from epoch to epoch); the carried state is reset at that point.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -76,6 +76,15 @@ class StreamBatcher:
             return 0
         rng = np.random.default_rng([self.seed, epoch])
         return int(rng.integers(0, self.seq_len))
+
+    def state_dict(self) -> dict[str, int]:
+        """The position, JSON-able: ``epoch``, ``offset`` and ``pos``."""
+        return asdict(self.position)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = StreamPosition(
+            epoch=int(state["epoch"]), offset=int(state["offset"]), pos=int(state["pos"])
+        )
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """The next chunk and whether it starts a new pass (the caller resets the state)."""

@@ -1,4 +1,5 @@
-"""The training loop: streams, schedule, evaluation, best-checkpoint keeping, resume, signals.
+"""The training run around the step (``training.step``): budgets, validation, best-checkpoint
+keeping, early stopping, resume state and files, stop requests.
 
 Files beside ``--out X.safetensors`` (rank 0 only): ``X.safetensors`` holds the model with the
 best validation loss (the last one when there is no validation text), ``X.resume.safetensors``
@@ -9,34 +10,22 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-import torch
-from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
-
-from models.base import State
 from models.checkpoint import save_checkpoint
-from models.registry import build_model
 from models.sampling import SamplingParams, generate
 from models.scoring import bits_per_char
-from models.vocab import BOS_ID
 from training import distributed
-from training.algorithms import ALGORITHMS, TruncatedBPTT
-from training.batches import StreamBatcher
 from training.config import TrainConfig
 from training.data import Corpus
 from training.distributed import DistContext
 from training.evaluate import EvalResult, evaluate_docs, limit_docs
-from training.precision import autocast_dtype
 from training.report import MetricsLog, Reporter, draw_plot, metrics_path, plot_path
-from training.snapshot import restore_snapshot, write_snapshot
+from training.resume import ResumeError, ResumeState, load_resume, resume_path, save_resume
+from training.signals import StopRequest
+from training.step import Stepper
 
 logger = logging.getLogger(__name__)
 
@@ -54,60 +43,13 @@ class TrainResult:
     chars_per_sec: float
 
 
-def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to ``final_lr_fraction * lr``.
-
-    ``progress`` in [0, 1] is how far the run is through its step or time budget; without a
-    budget the rate stays at ``lr`` after warm-up.
-    """
-    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    floor = config.final_lr_fraction
-    cosine = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return config.lr * warm * cosine
-
-
-def restart_some_streams(inputs: Tensor, state: State, chance: float) -> tuple[Tensor, State]:
-    """Restart each stream with probability ``chance``: zero state, ``BOS_ID`` as first input.
-
-    A restarted row's chunk then trains what scoring and sampling do from their first step
-    (read ``BOS_ID`` from the initial state, predict the first character). The draw uses the
-    global CPU generator, which resume state saves, so a resumed run restarts the same rows.
-    """
-    restart = torch.rand(inputs.shape[0]) < chance  # (B,)
-    if not bool(restart.any()):
-        return inputs, state
-    inputs = inputs.clone()
-    inputs[restart, 0] = BOS_ID
-    keep = (~restart).to(state[0].device)
-    return inputs, tuple(s * keep.view(-1, *([1] * (s.dim() - 1))).to(s.dtype) for s in state)
-
-
-class StopRequest:
-    """SIGINT/SIGTERM set a flag the loop checks between steps; a second Ctrl-C aborts."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-
 class Trainer:
-    """Trains one model on one corpus; ``run()`` to the end, or ``advance(seconds)`` in slices."""
+    """Trains one model on one corpus; ``run()`` to the end, or ``advance(seconds)`` in slices.
+
+    ``state_dict()`` / ``load_state_dict()`` hold everything needed to continue the run exactly:
+    the step's state (``training.step.Stepper``) and the run's own (best validation, early-stopping
+    counter, the data and layout it must be resumed with).
+    """
 
     def __init__(
         self,
@@ -124,34 +66,13 @@ class Trainer:
         self.out = out
         self.ctx = context or DistContext(device=distributed.choose_device(config.device))
         self.reporter = reporter or Reporter()
-        self.device = self.ctx.device
         if self.ctx.enabled and config.algorithm != "bptt":
             # they update the weights without DistributedDataParallel's gradient averaging
             raise ValueError(f"--algorithm {config.algorithm} trains in one process only")
-        torch.manual_seed(config.seed)  # same initial weights on every rank
-        self.model = build_model(config.model_config(len(corpus.vocab))).to(self.device)
-        self.module: torch.nn.Module = self.model
-        if self.ctx.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.module = DistributedDataParallel(self.model, device_ids=ids)
-        torch.manual_seed(config.seed + 1 + self.ctx.rank)  # dropout differs between ranks
-        self.optimizer = self._make_optimizer()
-        self.train_step = ALGORITHMS[config.algorithm](
-            self.module, self.optimizer, config.grad_clip, self.device
-        )
-        self.autocast_dtype = (
-            autocast_dtype(config.precision, self.device) if config.algorithm == "bptt" else None
-        )
-        if isinstance(self.train_step, TruncatedBPTT):
-            self.train_step.autocast_dtype = self.autocast_dtype
-        self.batcher = StreamBatcher(
-            corpus.train_ids,
-            config.batch_size,
-            config.seq_len,
-            rank=self.ctx.rank,
-            world_size=self.ctx.world_size,
-            seed=config.seed,
-        )
+        self.stepper = Stepper(config, len(corpus.vocab), corpus.train_ids, self.ctx)
+        self.model = self.stepper.model
+        self.optimizer = self.stepper.optimizer
+        self.autocast_dtype = self.stepper.autocast_dtype
         self.val_docs = limit_docs(corpus.val_docs, config.eval_max_chars)
         if config.eval_max_chars is not None and corpus.num_val_chars > config.eval_max_chars:
             logger.warning(
@@ -159,56 +80,25 @@ class Trainer:
                 config.eval_max_chars,
                 corpus.num_val_chars,
             )
-        self.state: State = self.model.initial_state(config.batch_size, self.device)
-        self.step = 0
-        self.train_seconds = 0.0
         self.best_val = math.inf
         self.best_step = -1
         self.bad_evals = 0
         self.last_eval_step = -1
         self.stop = StopRequest()
         self.metrics = MetricsLog(metrics_path(out)) if out is not None else None
-        self._interval_loss = torch.zeros((), device=self.device)
-        self._interval_steps = 0
-        self._interval_seconds = 0.0
-        self._lr = config.lr
         self.finished: str | None = None
         if resume:
-            self._load_resume()
+            self._resume()
         elif self.metrics is not None and self.ctx.is_main:
             self.metrics.reset()
 
-    # ------------------------------------------------------------------ set-up
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        cfg = self.config
-        params = list(self.model.parameters())
-        if cfg.optimizer == "sgd":
-            return torch.optim.SGD(
-                params,
-                lr=cfg.lr,
-                momentum=cfg.momentum,
-                nesterov=True,
-                weight_decay=cfg.weight_decay,
-            )
-        # the fused kernel updates every tensor in one pass: about 6x faster than the default
-        # per-tensor loop on a CPU (1.1 ms against 6.8 ms a step for the small preset's size)
-        fused = self.device.type in ("cpu", "cuda")
-        return torch.optim.AdamW(
-            params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay, fused=fused
-        )
+    @property
+    def step(self) -> int:
+        return self.stepper.step
 
     @property
-    def chars_per_step(self) -> int:
-        return self.config.batch_size * self.config.seq_len * self.ctx.world_size
-
-    def progress(self) -> float:
-        cfg = self.config
-        parts = [0.0]
-        if cfg.max_steps:
-            parts.append(self.step / cfg.max_steps)
-        if cfg.max_time:
-            parts.append(self.train_seconds / cfg.max_time)
-        return max(parts)
+    def train_seconds(self) -> float:
+        return self.stepper.train_seconds
 
     # ------------------------------------------------------------------ running
     def run(self) -> TrainResult:
@@ -232,7 +122,7 @@ class Trainer:
             if distributed.any_rank(reason is not None, self.ctx):
                 self.finished = reason or "interrupted"
                 break
-            self._one_step()
+            self.stepper.take_step()
             if self.step % cfg.log_interval == 0:
                 self._log_train()
             if self.val_docs and self.step % cfg.eval_interval == 0:
@@ -254,49 +144,12 @@ class Trainer:
         # ranks must agree on the time (schedule and budget), so rank 0's clock rules
         return distributed.broadcast_float(self.train_seconds, self.ctx)
 
-    def _one_step(self) -> None:
-        started = time.perf_counter()
-        inputs, targets, new_epoch = self.batcher.next_batch()
-        if new_epoch:
-            self.state = self.model.initial_state(self.config.batch_size, self.device)
-            self.train_step.reset_streams()
-        elif self.config.state_reset and self.config.algorithm == "bptt":
-            inputs, self.state = restart_some_streams(inputs, self.state, self.config.state_reset)
-        lr = learning_rate(self.config, self.step, self.progress())
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        loss, self.state = self.train_step(
-            inputs.to(self.device, non_blocking=True),
-            targets.to(self.device, non_blocking=True),
-            self.state,
-        )
-        self._interval_loss += loss
-        self._interval_steps += 1
-        self.step += 1
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - started
-        self.train_seconds += elapsed
-        self._interval_seconds += elapsed
-        self._lr = lr
-
     def _log_train(self) -> None:
-        if not self._interval_steps:
+        figures = self.stepper.take_interval()
+        if figures is None:
             return
-        loss = float(self._interval_loss.item()) / self._interval_steps
-        chars = self._interval_steps * self.chars_per_step
-        record = {
-            "kind": "train",
-            "step": self.step,
-            "time": round(self.train_seconds, 3),
-            "train_loss": loss,
-            "train_bpc": bits_per_char(loss),
-            "lr": self._lr,
-            "chars_per_sec": chars / max(self._interval_seconds, 1e-9),
-        }
-        self._interval_loss.zero_()
-        self._interval_steps = 0
-        self._interval_seconds = 0.0
+        record = {"kind": "train", "step": self.step, "time": round(self.train_seconds, 3)}
+        record.update(figures)
         if self.ctx.is_main:
             self.reporter.train(record)
             if self.metrics is not None:
@@ -335,7 +188,7 @@ class Trainer:
             "val_bpc": result.bits_per_char,
             "val_chars": result.num_chars,
             "is_best": improved,
-            "lr": self._lr,
+            "lr": self.stepper.lr,
         }
         self.reporter.evaluation(record, self._sample())
         if self.metrics is not None:
@@ -385,24 +238,65 @@ class Trainer:
             training=self.summary(),
         )
 
-    def _save_resume(self) -> None:
-        write_snapshot(self)
+    # ------------------------------------------------------------------ resume state
+    def state_dict(self) -> ResumeState:
+        """Everything needed to continue this run exactly; every rank must call (see Stepper)."""
+        saved = self.stepper.state_dict()
+        saved.info.update(
+            {
+                "train_config": self.config.to_dict(),
+                "best_val": self.best_val if self.best_step >= 0 else None,
+                "best_step": self.best_step,
+                "bad_evals": self.bad_evals,
+                "last_eval_step": self.last_eval_step,
+                "world_size": self.ctx.world_size,
+                "corpus_fingerprint": self.corpus.fingerprint,
+                "vocab": self.corpus.vocab.to_dict(),
+            }
+        )
+        return saved
 
-    def _load_resume(self) -> None:
-        restore_snapshot(self)
+    def load_state_dict(self, saved: ResumeState) -> None:
+        """Continue from ``saved``, after checking it is a state of this run (``ResumeError``)."""
+        info = saved.info
+        if info["corpus_fingerprint"] != self.corpus.fingerprint:
+            raise ResumeError("the training data differ from the data the run started with")
+        if info["vocab"] != self.corpus.vocab.to_dict():
+            raise ResumeError("the vocabulary differs from the one the run started with")
+        if info["world_size"] != self.ctx.world_size:
+            raise ResumeError(
+                f"the run used {info['world_size']} processes; resume it with the same number"
+            )
+        self.stepper.load_state_dict(saved)
+        self.best_val = math.inf if info["best_val"] is None else float(info["best_val"])
+        self.best_step = int(info["best_step"])
+        self.bad_evals = int(info["bad_evals"])
+        self.last_eval_step = int(info["last_eval_step"])
+
+    def _save_resume(self) -> None:
+        state = self.state_dict()  # on every rank: the streams' states are gathered
+        if self.out is not None and self.ctx.is_main:
+            save_resume(resume_path(self.out), state)
+
+    def _resume(self) -> None:
+        if self.out is None:
+            raise ResumeError("resuming needs the checkpoint path (--out)")
+        self.load_state_dict(load_resume(resume_path(self.out)))
+        if self.metrics is not None and self.ctx.is_main:
+            self.metrics.truncate_after(self.step)
+        logger.info("resumed at step %d", self.step)
 
     def finish(self) -> TrainResult:
         """Final evaluation (unless interrupted or just done), final files, the result."""
         reason = self.finished or "max_steps"
-        if self._interval_steps:
-            self._log_train()
+        self._log_train()
         if reason != "interrupted" and self.val_docs and self.last_eval_step != self.step:
             self._evaluate_and_save()
         else:
             self._save_resume()
         if not self.val_docs and self.ctx.is_main:
             self._save_model()  # no validation text: the last model is the one kept
-        total_chars = self.step * self.chars_per_step
+        total_chars = self.step * self.stepper.chars_per_step
         return TrainResult(
             step=self.step,
             train_seconds=self.train_seconds,

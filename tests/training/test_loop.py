@@ -10,13 +10,11 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.scoring import score_texts
-from models.vocab import BOS_ID
-from training.config import TrainConfig
 from training.data import load_corpus
 from training.evaluate import evaluate_docs
-from training.loop import Trainer, learning_rate, restart_some_streams
+from training.loop import Trainer
 from training.report import Reporter, metrics_path, plot_path
-from training.resume import load_resume, resume_path
+from training.resume import ResumeError, load_resume, resume_path
 
 from .conftest import tiny_config
 
@@ -112,13 +110,6 @@ def test_early_stopping_and_time_budget(tmp_path: Path, corpus_file: Path, cache
     assert timed.stop_reason == "max_time" and 0.5 <= timed.train_seconds < 5
 
 
-def test_schedule_warms_up_then_decays_to_floor() -> None:
-    config = TrainConfig(lr=1.0, warmup_steps=10, final_lr_fraction=0.1, max_steps=100)
-    assert learning_rate(config, 0, 0.0) == pytest.approx(0.1)
-    assert learning_rate(config, 50, 0.5) == pytest.approx(0.55)
-    assert learning_rate(config, 100, 1.0) == pytest.approx(0.1)
-
-
 def test_evaluation_equals_scoring_per_document(tmp_path: Path, cache_dir: Path) -> None:
     torch.manual_seed(0)
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
@@ -148,23 +139,40 @@ def test_sgd_with_nesterov_momentum_learns(
     assert result.best_val_nats < 0.7 * math.log(len(corpus.vocab))
 
 
-def test_restarted_streams_begin_from_zero_state_and_bos() -> None:
-    torch.manual_seed(3)
-    inputs = torch.randint(2, 9, (64, 5))
-    state = (torch.ones(64, 1, 4), torch.full((64, 1, 4), 2.0))
-    new_inputs, new_state = restart_some_streams(inputs, state, 0.25)
-    restarted = new_inputs[:, 0] == BOS_ID
-    assert 0 < int(restarted.sum()) < 64  # some rows, not all
-    assert torch.equal(new_inputs[:, 1:], inputs[:, 1:])  # only the first input changes
-    assert torch.equal(new_inputs[~restarted], inputs[~restarted])
-    for before, after in zip(state, new_state, strict=True):
-        assert torch.all(after[restarted] == 0)
-        assert torch.equal(after[~restarted], before[~restarted])
-    assert int(inputs[:, 0].eq(BOS_ID).sum()) == 0  # the caller's tensor is untouched
+def test_trainer_state_dict_is_the_resume_file(
+    tmp_path: Path, corpus_file: Path, cache_dir: Path
+) -> None:
+    corpus = load_corpus([str(corpus_file)], cache_dir=cache_dir)
+    out = tmp_path / "m.safetensors"
+    trainer = Trainer(tiny_config(max_steps=12, eval_interval=5), corpus, out)
+    trainer.run()
+    state = trainer.state_dict()
+    saved = load_resume(resume_path(out))
+    # the file holds the state, and the file format is unchanged
+    assert set(saved.info) == set(state.info) | {"format", "version", "num_carried"}
+    assert {
+        "train_config", "step", "train_seconds", "position", "best_val", "best_step",
+        "bad_evals", "last_eval_step", "world_size", "corpus_fingerprint", "vocab",
+    } == set(state.info)  # fmt: skip
+    assert saved.info["best_step"] == trainer.best_step in (5, 10, 12)
+    assert saved.info["last_eval_step"] == 12 and saved.info["step"] == 12
+    other = Trainer(tiny_config(max_steps=12, eval_interval=5), corpus, None)
+    other.load_state_dict(saved)
+    assert (other.step, other.best_val, other.best_step, other.bad_evals) == (
+        12, trainer.best_val, trainer.best_step, trainer.bad_evals
+    )  # fmt: skip
+    for name, tensor in trainer.model.state_dict().items():
+        torch.testing.assert_close(other.model.state_dict()[name], tensor, atol=0, rtol=0)
 
 
-def test_no_restart_at_zero_chance() -> None:
-    inputs = torch.randint(2, 9, (16, 3))
-    state = (torch.ones(16, 1, 2),)
-    new_inputs, new_state = restart_some_streams(inputs, state, 0.0)
-    assert new_inputs is inputs and new_state is state
+def test_load_state_dict_refuses_another_layout(
+    tmp_path: Path, corpus_file: Path, cache_dir: Path
+) -> None:
+    corpus = load_corpus([str(corpus_file)], cache_dir=cache_dir)
+    trainer = Trainer(tiny_config(max_steps=3), corpus, None)
+    state = trainer.state_dict()
+    state.info["world_size"] = 2
+    with pytest.raises(ResumeError, match="the run used 2 processes"):
+        trainer.load_state_dict(state)
+    with pytest.raises(ResumeError, match="needs the checkpoint path"):
+        Trainer(tiny_config(max_steps=3), corpus, None, resume=True)
