@@ -2,8 +2,7 @@ import json
 
 import torch
 
-from models.clockwork import ClockworkCell
-from training.experiments.clockwork import (
+from bench.clockwork_paper import (
     LSTM,
     STEPS,
     ClockworkRNN,
@@ -13,6 +12,7 @@ from training.experiments.clockwork import (
     make_waveform,
     train,
 )
+from models.clockwork import ClockworkCell
 
 
 def test_waveform_has_several_time_scales() -> None:
@@ -72,3 +72,12 @@ def test_command_writes_table_and_plot(tmp_path, capsys) -> None:  # type: ignor
     assert png.startswith(b"\x89PNG")
     assert "Clockwork RNN" in capsys.readouterr().out
     assert format_table(results).count("\n") == 4
+
+
+def test_smoke_mode_prints_the_table(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["--smoke"]) == 0
+    printed = capsys.readouterr().out
+    assert "| model | weights | NMSE mean ± std | best seed | per seed |" in printed
+    for name in ("Simple RNN", "LSTM", "Clockwork RNN"):
+        row = next(line for line in printed.splitlines() if line.startswith(f"| {name} |"))
+        assert len(row.split("|")[-2].split(",")) == 2  # one NMSE per seed

@@ -12,7 +12,8 @@ batched matrix products, so five seeds cost little more than one. The Clockwork 
 only the active modules' rows at each step, exactly as ``models.clockwork.ClockworkCell`` does
 (a test checks that the two agree).
 
-    python -m training.experiments.clockwork --seeds 5 --iterations 2000 --out docs
+    python -m bench.clockwork_paper --seeds 5 --iterations 2000 --out docs
+    python -m bench.clockwork_paper --smoke     # seconds: 2 seeds, 3 iterations, a temporary folder
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -307,12 +309,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
     parser.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
     parser.add_argument("--out", type=Path, default=Path("clockwork-experiment"))
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds: 2 seeds, 3 iterations, a temporary --out"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
-    results = run(range(args.seeds), args.iterations, args.lr, args.momentum, args.out)
+    if not args.smoke:
+        return _run_and_print(range(args.seeds), args.iterations, args.lr, args.momentum, args.out)
+    with tempfile.TemporaryDirectory() as tmp:
+        return _run_and_print(range(2), 3, args.lr, args.momentum, Path(tmp))
+
+
+def _run_and_print(
+    seeds: Sequence[int], iterations: int, lr: float, momentum: float, out: Path
+) -> int:
+    results = run(seeds, iterations, lr, momentum, out)
     print(format_table(results))
-    print(f"wrote {args.out / 'clockwork.json'} and {args.out / 'clockwork.png'}")
+    print(f"wrote {out / 'clockwork.json'} and {out / 'clockwork.png'}")
     return 0
 
 

@@ -1,1 +1,0 @@
-"""Reproducible experiments: each module runs with ``python -m training.experiments.<name>``."""
