@@ -24,6 +24,7 @@ from app.api.schemas.completions import (
 )
 from app.api.streaming import CompletionStreams, FinishedCompletion
 from app.engine.engine import ModelEngine
+from app.engine.params import FinishReason, GenerationParams
 from app.metrics import Metrics
 from app.store import ModelEntry
 from models.scoring import TextScore
@@ -52,26 +53,17 @@ def build_logprobs(
 
 
 async def _open_streams(
-    entry: ModelEntry, metrics: Metrics, request: CompletionRequest
+    entry: ModelEntry, metrics: Metrics, request: CompletionRequest, params: GenerationParams
 ) -> list[CompletionStreams | None]:
     """One set of streams per prompt (None where nothing is to be generated)."""
     assert entry.engine is not None
-    if request.max_new_chars() == 0:
+    if params.max_chars == 0:
         return [None for _ in request.prompts()]
     opened: list[CompletionStreams | None] = []
     try:
         for prompt in request.prompts():
             opened.append(
-                await CompletionStreams.open(
-                    entry.engine,
-                    entry.id,
-                    metrics,
-                    prompt,
-                    request.max_new_chars(),
-                    request.sampling_params(),
-                    request.seeds(),
-                    request.stops(),
-                )
+                await CompletionStreams.open(entry.engine, entry.id, metrics, prompt, params)
             )
     except BaseException:
         for streams in opened:
@@ -88,11 +80,12 @@ async def _prompt_choices(
     first_index: int,
     streams: CompletionStreams | None,
     request: CompletionRequest,
+    params: GenerationParams,
 ) -> list[CompletionChoice]:
     if streams is not None:
         finished = await streams.collect()
     else:
-        finished = [FinishedCompletion("", "length", 0, seed) for seed in request.seeds()]
+        finished = [FinishedCompletion("", FinishReason.LENGTH, 0, seed) for seed in params.seeds()]
     texts = [(prompt if request.echo else "") + f.text for f in finished]
     logprobs: list[CompletionLogprobs | None] = [None] * len(finished)
     if request.logprobs is not None:
@@ -130,11 +123,12 @@ async def complete(
 ) -> CompletionResponse:
     """The whole response: every prompt's ``n`` choices (choice index = prompt * n + i)."""
     assert entry.engine is not None and entry.checkpoint is not None
-    opened = await _open_streams(entry, metrics, request)
+    params = request.to_params()
+    opened = await _open_streams(entry, metrics, request, params)
     vocab = entry.checkpoint.vocab
     tasks = [
         asyncio.ensure_future(
-            _prompt_choices(entry.engine, vocab, prompt, p * request.n, streams, request)
+            _prompt_choices(entry.engine, vocab, prompt, p * request.n, streams, request, params)
         )
         for p, (prompt, streams) in enumerate(zip(request.prompts(), opened, strict=True))
     ]
@@ -167,7 +161,7 @@ async def open_completion_stream(
     entry: ModelEntry, metrics: Metrics, request: CompletionRequest
 ) -> AsyncIterator[dict[str, Any]]:
     """Start generating (errors raise here, before any byte is sent) and return the chunks."""
-    opened = await _open_streams(entry, metrics, request)
+    opened = await _open_streams(entry, metrics, request, request.to_params())
     return _stream_chunks(entry.id, request, opened)
 
 
@@ -176,8 +170,8 @@ async def _stream_chunks(
 ) -> AsyncIterator[dict[str, Any]]:
     ident, created = completion_id(), int(time.time())
 
-    def chunk(index: int, text: str, finish: str | None) -> dict[str, Any]:
-        choice = CompletionChoice(text=text, index=index, finish_reason=finish)  # type: ignore[arg-type]
+    def chunk(index: int, text: str, finish: FinishReason | None) -> dict[str, Any]:
+        choice = CompletionChoice(text=text, index=index, finish_reason=finish)
         return CompletionResponse(
             id=ident, created=created, model=model_id, choices=[choice]
         ).model_dump()
@@ -191,12 +185,12 @@ async def _stream_chunks(
                     yield chunk(base + i, prompt, None)
             if streams is None:
                 for i in range(request.n):
-                    yield chunk(base + i, "", "length")
+                    yield chunk(base + i, "", FinishReason.LENGTH)
                 continue
-            async for i, piece in streams.chunks():
+            async for piece in streams.chunks():
                 if piece.finish_reason is not None:
                     generated += piece.num_chars
-                yield chunk(base + i, piece.text, piece.finish_reason)
+                yield chunk(base + piece.index, piece.text, piece.finish_reason)
     finally:
         for streams in opened:
             if streams is not None:

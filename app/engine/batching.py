@@ -99,7 +99,7 @@ class DecodeBatch:
         """Every row's sampling settings, in row order."""
         if self._settings is None:
             assert self.logits is not None
-            self._settings = RowSettings.of([r.params for r in self.rows], self.logits.device)
+            self._settings = RowSettings.of([r.sampling for r in self.rows], self.logits.device)
         return self._settings
 
     def keep(self, keep: Sequence[int]) -> None:

@@ -1,6 +1,7 @@
 """The per-model inference engine: the only place where the server touches tensors.
 
-Routes call ``ModelEngine.score`` and ``ModelEngine.generate``; a scheduler thread per model runs
+Routes call ``ModelEngine.score`` and ``ModelEngine.generate(prompt, params)`` (the settings of a
+generation in one ``app.engine.params.GenerationParams``); a scheduler thread per model runs
 every forward pass (``app.engine.scheduler``): completions join the running batch at the next step
 and leave it when done; texts to score are read a chunk per round beside each other, joining and
 leaving between rounds the same way (``app.engine.scoring``).
@@ -11,10 +12,9 @@ at once, with a ``retry_after`` estimate), ``request_timeout_s`` per request (a 
 queued then raises ``RequestTimeoutError``; a completion already running ends with
 ``finish_reason == "timeout"``).
 
-Finish reasons of a completion: ``"length"`` (``max_chars`` reached), ``"stop"`` (a stop string
-was generated; it is not part of the text), ``"timeout"`` (see above) and ``"abort"`` (the engine
-stopped before the completion ended; the text is what was generated until then). A request
-still queued when the engine stops raises ``EngineClosedError``.
+A completion ends with a ``FinishReason``: ``length``, ``stop``, ``timeout`` (see above) or
+``abort`` (the engine stopped before the completion ended; the text is what was generated until
+then). A request still queued when the engine stops raises ``EngineClosedError``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,11 +35,12 @@ from app.engine.errors import (
     QueueFullError,
     RequestTimeoutError,
 )
+from app.engine.params import FinishReason, GenerationParams
 from app.engine.requests import CompletionText, GenerationRequest, Mailbox, Phase, ScoreRequest
 from app.engine.scheduler import Scheduler
 from app.engine.stats import REJECT_REASONS, EngineCounters, HistogramSnapshot
 from models.checkpoint import LoadedCheckpoint
-from models.sampling import SamplingParams, make_generator
+from models.sampling import make_generator
 from models.scoring import TextScore
 from models.vocab import BOS_ID
 
@@ -58,16 +59,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class GenerationChunk:
-    """New text for one completion; the last chunk carries ``finish_reason``."""
+    """New text for completion ``index`` of a request; its last chunk carries ``finish_reason``."""
 
     text: str
-    finish_reason: str | None = None  # None while running; see the module docstring
+    finish_reason: FinishReason | None = None  # None while running
     num_chars: int = 0  # characters of the completion so far, this chunk included
     seed: int = 0
+    index: int = 0  # of the completion among the request's ``n``
 
 
 class ModelEngine:
-    """Serves one loaded checkpoint: continuous batching of completions, micro-batched scoring."""
+    """Serves one loaded checkpoint: continuous batching of completions, micro-batched scoring.
+
+    ``on_submitted``, when given, is called on the event loop once each request is queued or
+    refused (the server's admission control counts requests until they reach their engine).
+    """
 
     def __init__(
         self,
@@ -163,19 +169,16 @@ class ModelEngine:
 
     # ------------------------------------------------------------------ generation
     async def generate(
-        self,
-        prompt: str,
-        max_chars: int,
-        params: SamplingParams,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-    ) -> AsyncIterator[GenerationChunk]:
-        """Yield one completion of ``prompt`` as it grows; stop iterating (``aclose``) to cancel.
+        self, prompt: str, params: GenerationParams
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """Yield the ``params.n`` completions of ``prompt`` as they grow, as chunks that name
+        their completion (``index``); stop iterating (``aclose``) to cancel them all.
 
         Ready characters are coalesced into one chunk; characters that could begin a stop string
-        are held back until they cannot. The same ``seed`` gives the same text whatever runs
-        beside it. Raises ``CannotGenerateError``, ``QueueFullError``, ``EngineClosedError`` or
-        ``RequestTimeoutError`` before the first chunk.
+        are held back until they cannot. The same seed gives the same text whatever runs beside
+        it. Nothing is yielded before every completion has started, so ``CannotGenerateError``,
+        ``QueueFullError``, ``EngineClosedError`` and ``RequestTimeoutError`` (still queued at
+        the deadline) are raised before the first chunk.
         """
         if not self.can_generate:
             raise CannotGenerateError(
@@ -183,60 +186,69 @@ class ModelEngine:
                 " it predicts each character from both sides, so it has no left-to-right"
                 " distribution to sample; use it with /v1/infill or /v1/score (mode 'pll')"
             )
-        generator, used_seed = make_generator(seed)
-        if max_chars < 1:
-            yield GenerationChunk("", "length", 0, used_seed)
+        seeds = params.seeds()
+        if params.max_chars < 1:
+            for index, seed in enumerate(seeds):
+                yield GenerationChunk("", FinishReason.LENGTH, 0, seed, index)
             return
-        vocab = self.checkpoint.vocab
-        ids = np.concatenate([[BOS_ID], vocab.encode_array(prompt)]).astype(np.int64)
-        now = time.monotonic()
-        request = GenerationRequest(
-            ids=ids,
-            max_chars=max_chars,
-            params=params,
-            generator=generator,
-            seed=used_seed,
-            text=CompletionText(stop),
-            mailbox=Mailbox(asyncio.get_running_loop()),
-            admitted_at=now,
-            deadline=now + self.request_timeout_s,
-        )
+        ids = np.concatenate([[BOS_ID], self.checkpoint.vocab.encode_array(prompt)])
+        ids = ids.astype(np.int64)  # (T,) read by every completion, written by none
+        loop, event, now = asyncio.get_running_loop(), asyncio.Event(), time.monotonic()
+        requests = [
+            GenerationRequest(
+                ids=ids,
+                params=params,
+                generator=make_generator(seed)[0],
+                seed=seed,
+                text=CompletionText(params.stop),
+                mailbox=Mailbox(loop, event),
+                admitted_at=now,
+                deadline=now + self.request_timeout_s,
+            )
+            for seed in seeds
+        ]
         try:
-            self._scheduler.submit_generation(request)
+            self._scheduler.submit_generations(requests)
         finally:
             self._submitted()
-        box = request.mailbox
+        running = set(range(len(requests)))
         try:
-            while True:
-                await self._wait(request)
-                box.event.clear()
-                text, num_chars, finish, error = box.take()
-                if error is not None:
-                    raise error
-                if text or finish is not None:
-                    yield GenerationChunk(text, finish, num_chars, used_seed)
-                if finish is not None:
-                    return
+            while running:
+                await self._wait(requests, event)
+                event.clear()
+                for index in sorted(running):
+                    text, num_chars, finish, error = requests[index].mailbox.take()
+                    if error is not None:
+                        raise error
+                    if text or finish is not None:
+                        yield GenerationChunk(text, finish, num_chars, seeds[index], index)
+                    if finish is not None:
+                        running.discard(index)
         finally:
-            if request.phase is not Phase.DONE:
-                self._scheduler.cancel(request)
+            for request in requests:
+                if request.phase is not Phase.DONE:
+                    self._scheduler.cancel(request)
 
-    async def _wait(self, request: GenerationRequest) -> None:
-        """Wait for the request's next text; time out if it is still queued at its deadline."""
-        event = request.mailbox.event
-        while request.phase is Phase.QUEUED:
-            remaining = request.deadline - time.monotonic()
+    async def _wait(self, requests: list[GenerationRequest], event: asyncio.Event) -> None:
+        """Wait for new text of the request's completions; until every one has started, wait
+        no further than their deadline, and then give up on them."""
+        while any(r.phase is Phase.QUEUED for r in requests):
+            remaining = requests[0].deadline - time.monotonic()
             try:
                 async with asyncio.timeout(max(0.0, remaining)):
                     await event.wait()
-                return
             except TimeoutError:
-                if self._scheduler.withdraw(request):
+                withdrawn = [r for r in requests if self._scheduler.withdraw(r)]
+                if withdrawn:
                     self._counters.reject("timeout")
                     raise RequestTimeoutError(
                         f"the request waited longer than {self.request_timeout_s:g} s to start"
                     ) from None
-        # running: the scheduler ends it at its deadline with finish_reason "timeout"
+                continue
+            if not any(r.phase is Phase.QUEUED for r in requests):
+                return
+            event.clear()  # what the started ones wrote waits in their mailboxes
+        # all running: the scheduler ends each at its deadline with finish_reason "timeout"
         await event.wait()
 
     def _submitted(self) -> None:

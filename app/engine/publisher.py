@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import time
 
+from app.engine.params import FinishReason
 from app.engine.requests import GenerationRequest, Mailbox, ScoreRequest
 
 # the publishing interval grows by this much per generating row (see ``Publisher.publish``)
@@ -57,7 +58,9 @@ class Publisher:
         self._dirty: list[GenerationRequest] = []  # requests with text not yet in their mailbox
         self._last_publish = 0.0
 
-    def deliver(self, request: GenerationRequest, text: str, finish: str | None = None) -> None:
+    def deliver(
+        self, request: GenerationRequest, text: str, finish: FinishReason | None = None
+    ) -> None:
         """Keep new text (and the end) for the next publication."""
         if not request.pending and request.finish is None:
             self._dirty.append(request)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from app.engine.params import FinishReason, GenerationParams
 from models.base import State
 from models.sampling import SamplingParams, StopMatcher
 from models.scoring import TextScore
@@ -90,15 +91,18 @@ class CompletionText:
 
 
 class Mailbox:
-    """Text the worker has produced for one completion and its consumer has not read yet."""
+    """Text the worker has produced for one completion and its consumer has not read yet.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    The completions of one request share their ``event``: one wake-up reads them all.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event | None = None) -> None:
         self.loop = loop
-        self.event = asyncio.Event()  # set on ``loop`` only
+        self.event = event or asyncio.Event()  # set on ``loop`` only
         self._lock = threading.Lock()
         self._parts: list[str] = []
         self._num_chars = 0
-        self._finish: str | None = None
+        self._finish: FinishReason | None = None
         self._error: BaseException | None = None
         self._wake_pending = False
 
@@ -106,7 +110,7 @@ class Mailbox:
         self,
         text: str,
         num_chars: int,
-        finish: str | None = None,
+        finish: FinishReason | None = None,
         error: BaseException | None = None,
     ) -> bool:
         """Worker side: add text; True when the consumer needs a wake-up (none is pending)."""
@@ -123,7 +127,7 @@ class Mailbox:
             self._wake_pending = True
             return True
 
-    def take(self) -> tuple[str, int, str | None, BaseException | None]:
+    def take(self) -> tuple[str, int, FinishReason | None, BaseException | None]:
         """Consumer side: everything that arrived since the last call, as one piece."""
         with self._lock:
             text = "".join(self._parts)
@@ -134,11 +138,13 @@ class Mailbox:
 
 @dataclass(eq=False)
 class GenerationRequest:
-    """One completion: its prompt, settings, seeded generator and where its text goes."""
+    """One completion: its prompt, settings, seeded generator and where its text goes.
+
+    ``sampling`` holds the sampler's own settings for the row, made from ``params`` once.
+    """
 
     ids: np.ndarray  # (T,) BOS then the prompt's ids
-    max_chars: int
-    params: SamplingParams
+    params: GenerationParams
     generator: torch.Generator
     seed: int
     text: CompletionText
@@ -147,15 +153,20 @@ class GenerationRequest:
     deadline: float
     phase: Phase = Phase.QUEUED
     cancelled: bool = False
-    finish: str | None = None  # set by the scheduler when the completion ends
+    finish: FinishReason | None = None  # set by the scheduler when the completion ends
     pending: list[str] = field(default_factory=list)  # text not yet handed to the mailbox
     first_char_at: float | None = None
     last_char_at: float = 0.0
     # prompt reading: ids consumed so far and the 1-row state after them (None: initial state)
     prompt_pos: int = 0
     prompt_state: State | None = None
+    sampling: SamplingParams = field(init=False)
     _uniforms: list[float] = field(default_factory=list)
     _uniform_pos: int = 0
+
+    def __post_init__(self) -> None:
+        params = self.params
+        self.sampling = SamplingParams(params.temperature, params.top_k, params.top_p)
 
     def next_uniform(self) -> float:
         """The row's next uniform number, from its own generator (prefetched in blocks)."""

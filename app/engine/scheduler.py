@@ -23,11 +23,13 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 
 import torch
 
 from app.engine.batching import DecodeBatch, advance_prompts
-from app.engine.errors import EngineClosedError, QueueFullError
+from app.engine.errors import EngineClosedError, EngineError, QueueFullError
+from app.engine.params import FinishReason
 from app.engine.publisher import Publisher
 from app.engine.requests import GenerationRequest, Phase, ScoreRequest
 from app.engine.scoring import ScoreRounds, fail_scorings
@@ -135,10 +137,17 @@ class Scheduler:
             self.counters.reject("queue_full")
             raise refusal
 
-    def submit_generation(self, request: GenerationRequest) -> None:
+    def submit_generations(self, requests: Sequence[GenerationRequest]) -> None:
+        """Queue the completions of one request: all of them, or none (the refusal raises)."""
         with self._cond:
-            self._admit()
-            self._generations.append(request)
+            for i, request in enumerate(requests):
+                try:
+                    self._admit()
+                except EngineError:
+                    for queued in requests[:i]:
+                        self.withdraw(queued)
+                    raise
+                self._generations.append(request)
             self._cond.notify()
 
     def submit_score(self, request: ScoreRequest) -> None:
@@ -232,7 +241,7 @@ class Scheduler:
             now = time.monotonic()
             for request in [r for r in self._prompting if r.cancelled or r.expired(now)]:
                 self._prompting.remove(request)
-                self._finish(request, "cancelled" if request.cancelled else "timeout", now)
+                self._finish(request, None if request.cancelled else FinishReason.TIMEOUT, now)
             joined = advance_prompts(self.model, self._prompting, self.prompt_chunk)
             if joined:
                 self._prompting = [r for r in self._prompting if r.prompt_pos < len(r.ids)]
@@ -269,9 +278,9 @@ class Scheduler:
                 first_chars.append(now - request.admitted_at)
                 self._publisher.urgent = True
             if request.text.stopped:
-                self._finish(request, "stop", now, shown)
-            elif len(request.text.chars) >= request.max_chars:
-                self._finish(request, "length", now, shown)
+                self._finish(request, FinishReason.STOP, now, shown)
+            elif len(request.text.chars) >= request.params.max_chars:
+                self._finish(request, FinishReason.LENGTH, now, shown)
             else:
                 keep.append(i)
                 if shown:
@@ -299,22 +308,24 @@ class Scheduler:
         keep = []
         for i, request in enumerate(batch.rows):
             if request.cancelled or request.expired(now):
-                self._finish(request, "cancelled" if request.cancelled else "timeout", now)
+                self._finish(request, None if request.cancelled else FinishReason.TIMEOUT, now)
             else:
                 keep.append(i)
         with self._cond:
             batch.keep(keep)
 
-    def _finish(self, request: GenerationRequest, reason: str, now: float, shown: str = "") -> None:
+    def _finish(
+        self, request: GenerationRequest, reason: FinishReason | None, now: float, shown: str = ""
+    ) -> None:
         """End one completion: send ``shown`` (new text not yet delivered), the text held back
-        and the finish reason; count it."""
+        and the finish reason; count it. ``reason`` None: cancelled (nobody is listening)."""
         request.phase = Phase.DONE
         text = shown + request.text.release()
-        if reason != "cancelled":
+        if reason is not None:
             self._publisher.deliver(request, text, reason)
             self._publisher.urgent = True
         with self.counters.lock:
-            self.counters.finished[reason] += 1
+            self.counters.finished["cancelled" if reason is None else reason.value] += 1
             self.counters.chars_generated += len(text) - len(shown)
             self.counters.request_done(now - request.admitted_at)
             chars = len(request.text.chars)
@@ -338,7 +349,7 @@ class Scheduler:
             if request.cancelled:
                 continue
             if error is None:
-                self._finish(request, "abort", now)
+                self._finish(request, FinishReason.ABORT, now)
             else:
                 request.phase = Phase.DONE
                 self._publisher.fail(request, error, request.text.shown)

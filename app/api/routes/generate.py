@@ -42,11 +42,11 @@ async def _events(
     streams: CompletionStreams, request: GenerateRequest
 ) -> AsyncIterator[dict[str, Any]]:
     generated = 0
-    async for index, chunk in streams.chunks():
-        event = GenerateStreamEvent(index=index, text=chunk.text)
+    async for chunk in streams.chunks():
+        event = GenerateStreamEvent(index=chunk.index, text=chunk.text)
         if chunk.finish_reason is not None:
             generated += chunk.num_chars
-            event.finish_reason = chunk.finish_reason  # type: ignore[assignment]
+            event.finish_reason = chunk.finish_reason
             event.num_chars = chunk.num_chars
             event.seed = chunk.seed
         yield event.model_dump(exclude_none=True)
@@ -64,14 +64,7 @@ async def generate(
     entry = services.store.resolve(request.model)
     assert entry.engine is not None
     streams = await CompletionStreams.open(
-        entry.engine,
-        entry.id,
-        services.metrics,
-        request.prompt,
-        request.max_chars,
-        request.sampling_params(),
-        request.seeds(),
-        request.stop,
+        entry.engine, entry.id, services.metrics, request.prompt, request.to_params()
     )
     if request.stream:
         return SSEResponse(_events(streams, request))

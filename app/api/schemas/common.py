@@ -1,8 +1,9 @@
 """Types and limits shared by the request schemas.
 
-Fixed bounds (list sizes, temperature range, ...) are ``Field`` bounds. Bounds set by the operator
-(``CHARLM_MAX_TEXT_CHARS``, ``CHARLM_MAX_NEW_CHARS``) are marked with ``x-charlm-limit`` in the
-JSON schema; ``apply_limits_to_openapi`` writes their configured values into the published
+Fixed bounds (list sizes, temperature range, ...) are ``Field`` bounds; those of a generation's
+settings come from ``app.engine.params``, the ones ``GenerationParams`` checks. Bounds set by the
+operator (``CHARLM_MAX_TEXT_CHARS``, ``CHARLM_MAX_NEW_CHARS``) are marked with ``x-charlm-limit``
+in the JSON schema; ``apply_limits_to_openapi`` writes their configured values into the published
 OpenAPI document, and ``check_text``/``check_new_chars`` enforce them (``LimitExceededError``,
 answered with a 413).
 """
@@ -14,21 +15,13 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 from pydantic.json_schema import JsonDict
 
+from app.engine.params import MAX_SEED, MAX_STOP_CHARS
 from app.settings import MODEL_ID_PATTERN
-from models.sampling import MAX_SEED
 
 MAX_TEXTS = 64  # texts in one score request
 MAX_PROMPTS = 16  # prompts in one completions request
-MAX_N = 16  # completions per prompt
-MAX_STOPS = 4  # stop strings (OpenAI's limit)
-MAX_STOP_CHARS = 64
 MAX_SCORE_TOP_K = 20  # alternatives per character in /v1/score
 MAX_LOGPROBS = 5  # alternatives per character in /v1/completions (OpenAI's limit)
-MAX_TEMPERATURE = 10.0
-MAX_SAMPLING_TOP_K = 100_000
-# the OpenAPI document publishes bounds as JSON numbers (doubles): 2**63 would round up there, and
-# JavaScript clients (the playground) hold integers exactly only below 2**53
-MAX_REQUEST_SEED = min(MAX_SEED - MAX_N, 2**53 - 1)
 # per-character output (a logprob and its alternatives per character) of one response, at most:
 # about 50 bytes of JSON each, so responses stay in the tens of megabytes
 MAX_PER_CHAR_ENTRIES = 250_000
@@ -54,7 +47,7 @@ Flag = Annotated[bool, Strict()]
 ModelId = Annotated[
     str, Field(pattern=MODEL_ID_PATTERN, description="model id; the default model when omitted")
 ]
-Seed = Annotated[int, Field(ge=0, le=MAX_REQUEST_SEED)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 StopString = Annotated[Text, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
 

@@ -8,11 +8,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from app.api.schemas.common import (
     MAX_LOGPROBS,
-    MAX_N,
     MAX_PROMPTS,
-    MAX_SAMPLING_TOP_K,
-    MAX_STOPS,
-    MAX_TEMPERATURE,
     NEW_CHARS_LIMIT,
     TEXT_LIMIT,
     Flag,
@@ -26,8 +22,15 @@ from app.api.schemas.common import (
     check_per_char_entries,
     check_text,
 )
-from app.api.schemas.generate import pick_seeds
-from models.sampling import SamplingParams
+from app.engine.params import (
+    DEFAULT_TEMPERATURE,
+    MAX_N,
+    MAX_STOPS,
+    MAX_TEMPERATURE,
+    MAX_TOP_K,
+    FinishReason,
+    GenerationParams,
+)
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default
 
@@ -50,10 +53,10 @@ class CompletionRequest(StrictModel):
         description="characters to generate; 0 with echo scores the prompt",
     )
     temperature: float | None = Field(
-        default=None, ge=0.0, le=MAX_TEMPERATURE, description="default 1"
+        default=None, ge=0.0, le=MAX_TEMPERATURE, description=f"default {DEFAULT_TEMPERATURE:g}"
     )
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="default 1")
-    top_k: int | None = Field(default=None, ge=0, le=MAX_SAMPLING_TOP_K, description="0: no limit")
+    top_k: int | None = Field(default=None, ge=0, le=MAX_TOP_K, description="0: no limit")
     n: int = Field(default=1, ge=1, le=MAX_N)
     stream: Flag = False
     stream_options: StreamOptions | None = None
@@ -86,15 +89,17 @@ class CompletionRequest(StrictModel):
     def max_new_chars(self) -> int:
         return DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens
 
-    def sampling_params(self) -> SamplingParams:
-        return SamplingParams(
-            temperature=1.0 if self.temperature is None else self.temperature,
+    def to_params(self) -> GenerationParams:
+        """The settings of each prompt's completions (after ``check_limits``)."""
+        return GenerationParams(
+            max_chars=self.max_new_chars(),
+            temperature=DEFAULT_TEMPERATURE if self.temperature is None else self.temperature,
             top_k=self.top_k or 0,
             top_p=1.0 if self.top_p is None else self.top_p,
+            stop=tuple(self.stops()),
+            seed=self.seed,
+            n=self.n,
         )
-
-    def seeds(self) -> list[int]:
-        return pick_seeds(self.seed, self.n)
 
     def check_limits(self, limits: Limits) -> None:
         if self.max_tokens is None or "max_tokens" not in self.model_fields_set:
@@ -124,7 +129,7 @@ class CompletionChoice(BaseModel):
     text: str
     index: int
     logprobs: CompletionLogprobs | None = None
-    finish_reason: Literal["length", "stop", "timeout", "abort"] | None
+    finish_reason: FinishReason | None
 
 
 class CompletionUsage(BaseModel):

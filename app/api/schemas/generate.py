@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import secrets
-from typing import Literal
-
 from pydantic import BaseModel, Field
 
 from app.api.schemas.common import (
-    MAX_N,
-    MAX_REQUEST_SEED,
-    MAX_SAMPLING_TOP_K,
-    MAX_STOPS,
-    MAX_TEMPERATURE,
     NEW_CHARS_LIMIT,
     TEXT_LIMIT,
     Flag,
@@ -25,17 +17,17 @@ from app.api.schemas.common import (
     check_new_chars,
     check_text,
 )
-from models.sampling import SamplingParams
+from app.engine.params import (
+    DEFAULT_TEMPERATURE,
+    MAX_N,
+    MAX_STOPS,
+    MAX_TEMPERATURE,
+    MAX_TOP_K,
+    FinishReason,
+    GenerationParams,
+)
 
-FinishReason = Literal["length", "stop", "timeout", "abort"]
-
-
-def pick_seeds(seed: int | None, n: int) -> list[int]:
-    """Completion ``i`` uses ``seed + i`` (as ``models.sampling.generate`` does); a random base
-    seed when none is given, reported back so the result can be reproduced."""
-    # a random base keeps every completion's seed within what a request may send back
-    base = seed if seed is not None else secrets.randbelow(MAX_REQUEST_SEED - MAX_N + 1)
-    return [base + i for i in range(n)]
+DEFAULT_MAX_CHARS = 256
 
 
 class GenerateRequest(StrictModel):
@@ -44,13 +36,16 @@ class GenerateRequest(StrictModel):
     model: ModelId | None = None
     prompt: Text = Field(default="", json_schema_extra=TEXT_LIMIT, description="may be empty")
     max_chars: int = Field(
-        default=256,
+        default=DEFAULT_MAX_CHARS,
         ge=0,
         json_schema_extra=NEW_CHARS_LIMIT,
-        description="characters to generate at most (256, or the server's limit if lower)",
+        description=f"characters to generate at most ({DEFAULT_MAX_CHARS}, or the server's limit"
+        " if lower)",
     )
-    temperature: float = Field(default=1.0, ge=0.0, le=MAX_TEMPERATURE, description="0: greedy")
-    top_k: int = Field(default=0, ge=0, le=MAX_SAMPLING_TOP_K, description="0: no limit")
+    temperature: float = Field(
+        default=DEFAULT_TEMPERATURE, ge=0.0, le=MAX_TEMPERATURE, description="0: greedy"
+    )
+    top_k: int = Field(default=0, ge=0, le=MAX_TOP_K, description="0: no limit")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="nucleus mass; 1: no limit")
     seed: Seed | None = Field(
         default=None, description="completion i uses seed + i; random when omitted"
@@ -68,11 +63,17 @@ class GenerateRequest(StrictModel):
             self.max_chars = min(self.max_chars, limits.max_new_chars)
         check_new_chars(self.max_chars, "max_chars", limits)
 
-    def sampling_params(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
-
-    def seeds(self) -> list[int]:
-        return pick_seeds(self.seed, self.n)
+    def to_params(self) -> GenerationParams:
+        """The generation's settings (after ``check_limits``, which may lower ``max_chars``)."""
+        return GenerationParams(
+            max_chars=self.max_chars,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            stop=tuple(self.stop),
+            seed=self.seed,
+            n=self.n,
+        )
 
 
 class Completion(BaseModel):

@@ -11,11 +11,11 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.engine.engine import ModelEngine
+from app.engine.params import GenerationParams
 from app.main import create_app
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import ModelConfig
 from models.registry import available_architectures, build_model, model_class
-from models.sampling import SamplingParams
 from models.scoring import score_texts
 from models.vocab import CharVocab
 from tests.app.api.routes.test_generate import argmax_path
@@ -75,7 +75,7 @@ def test_every_architecture_is_served(client: TestClient, folder: Path, arch: st
 
 async def _complete(engine: ModelEngine, prompt: str, chars: int) -> str:
     text = ""
-    async for chunk in engine.generate(prompt, chars, SamplingParams(temperature=0.0)):
+    async for chunk in engine.generate(prompt, GenerationParams(chars, temperature=0.0)):
         text += chunk.text
     return text
 

@@ -20,6 +20,7 @@ from app.engine.engine import (
     QueueFullError,
 )
 from app.engine.errors import RequestTimeoutError
+from app.engine.params import GenerationParams
 from app.engine.requests import CompletionText
 from models.checkpoint import LoadedCheckpoint
 from models.config import ModelConfig
@@ -59,6 +60,17 @@ def run(make: Callable[..., Awaitable[T]], checkpoint: Any = None, **limits: Any
     return asyncio.run(main())
 
 
+def settings(
+    max_chars: int,
+    params: SamplingParams | None = None,
+    seed: int | None = 0,
+    stop: tuple[str, ...] = (),
+) -> GenerationParams:
+    """A request's settings from the sampler's own (as the plain loop of ``reference`` takes)."""
+    p = params or SamplingParams()
+    return GenerationParams(max_chars, p.temperature, p.top_k, p.top_p, stop, seed)
+
+
 async def complete(
     engine: ModelEngine,
     prompt: str,
@@ -67,9 +79,7 @@ async def complete(
     seed: int | None = 0,
     stop: tuple[str, ...] = (),
 ) -> tuple[str, list[GenerationChunk]]:
-    chunks = [
-        c async for c in engine.generate(prompt, max_chars, params or SamplingParams(), seed, stop)
-    ]
+    chunks = [c async for c in engine.generate(prompt, settings(max_chars, params, seed, stop))]
     return "".join(c.text for c in chunks), chunks
 
 
@@ -161,7 +171,7 @@ def test_rows_joining_a_lone_stream_and_leaving_change_nothing() -> None:
     joiners = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.6, top_k=4)]
 
     async def scenario(engine: ModelEngine) -> tuple[str, list[str]]:
-        stream = engine.generate("ab", 1500, lone, 3)
+        stream = engine.generate("ab", settings(1500, lone, 3))
         first = await anext(stream)
         while engine.stats()["steps"] < 40:  # alone for some steps
             await asyncio.sleep(0.001)
@@ -206,6 +216,42 @@ def test_coalesces_characters_into_few_chunks() -> None:
     assert [c.num_chars for c in chunks] == sorted(c.num_chars for c in chunks)
 
 
+def test_n_completions_of_one_request_each_keep_their_seed() -> None:
+    """One call, three completions: chunks name their completion, and completion ``i`` is the
+    plain loop's text with seed ``seed + i``."""
+    ckpt = make_checkpoint()
+    params = GenerationParams(80, temperature=1.2, top_k=5, seed=11, n=3)
+
+    async def scenario(engine: ModelEngine) -> list[GenerationChunk]:
+        return [c async for c in engine.generate("ab", params)]
+
+    chunks = run(scenario, ckpt)
+    texts = ["", "", ""]
+    for chunk in chunks:
+        texts[chunk.index] += chunk.text
+    finals = {c.index: c for c in chunks if c.finish_reason is not None}
+    assert sorted(finals) == [0, 1, 2]
+    sampler = SamplingParams(temperature=1.2, top_k=5)
+    for i, text in enumerate(texts):
+        assert text == reference(ckpt, "ab", 80, sampler, 11 + i)[0]
+        assert finals[i].seed == 11 + i and finals[i].num_chars == len(text) == 80
+    assert len(set(texts)) == 3
+
+
+def test_a_request_that_does_not_fit_is_refused_whole() -> None:
+    """Completions of one request are queued all or none: a refusal leaves nothing behind."""
+
+    async def scenario(engine: ModelEngine) -> None:
+        running = engine.generate("a", settings(100_000, seed=0))
+        await anext(running)  # holds the only row
+        with pytest.raises(QueueFullError):
+            await anext(engine.generate("b", GenerationParams(10, n=3)))  # room for 1 + 1
+        assert engine.stats()["queue_depth"] == 0
+        await running.aclose()
+
+    run(scenario, max_batch_size=1, max_queue=1)
+
+
 # ---------------------------------------------------------------------------- cancellation, limits
 def test_decoding_switches_onednn_off_and_an_idle_engine_gives_it_back() -> None:
     """Decode steps run without oneDNN (a process-wide flag); once the engine has nothing to do,
@@ -213,7 +259,7 @@ def test_decoding_switches_onednn_off_and_an_idle_engine_gives_it_back() -> None
     before = torch.backends.mkldnn.enabled
 
     async def scenario(engine: ModelEngine) -> tuple[bool, bool]:
-        stream = engine.generate("a", 100_000, SamplingParams(), 0)
+        stream = engine.generate("a", settings(100_000, seed=0))
         await anext(stream)
         while engine.stats()["steps"] < 5:
             await asyncio.sleep(0.001)
@@ -237,7 +283,7 @@ def test_decoding_switches_onednn_off_and_an_idle_engine_gives_it_back() -> None
 
 def test_cancelled_request_frees_its_row_within_a_step() -> None:
     async def scenario(engine: ModelEngine) -> None:
-        stream = engine.generate("a", 100_000, SamplingParams(), 0)
+        stream = engine.generate("a", settings(100_000, seed=0))
         first = await anext(stream)
         assert first.text
         assert engine.stats()["running_rows"] == 1
@@ -256,9 +302,9 @@ def test_cancelled_request_frees_its_row_within_a_step() -> None:
 
 def test_queue_full_is_refused_at_once_and_cancelled_queued_requests_leave() -> None:
     async def scenario(engine: ModelEngine) -> None:
-        running = engine.generate("a", 100_000, SamplingParams(), 0)
+        running = engine.generate("a", settings(100_000, seed=0))
         await anext(running)  # holds the only row
-        queued = [engine.generate("b", 10, SamplingParams(), i) for i in range(2)]
+        queued = [engine.generate("b", settings(10, seed=i)) for i in range(2)]
         waits = [asyncio.create_task(anext(q)) for q in queued]
         while engine.stats()["queue_depth"] < 2:
             await asyncio.sleep(0.001)
@@ -312,10 +358,10 @@ def test_stop_lets_requests_finish_in_the_grace_period_then_ends_the_rest() -> N
     async def scenario() -> None:
         engine = ModelEngine("test", make_checkpoint(), max_batch_size=2)
         await engine.start()
-        long_a = engine.generate("a", 10_000_000, SamplingParams(), 0)
+        long_a = engine.generate("a", settings(10_000_000, seed=0))
         await anext(long_a)
         short = asyncio.create_task(complete(engine, "b", 30))
-        long_b = engine.generate("c", 10_000_000, SamplingParams(), 1)  # starts after ``short``
+        long_b = engine.generate("c", settings(10_000_000, seed=1))  # starts after ``short``
         first_b = asyncio.create_task(anext(long_b))
         never = asyncio.create_task(complete(engine, "d", 5))  # queued behind two long rows
         await asyncio.sleep(0.01)

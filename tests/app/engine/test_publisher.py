@@ -7,16 +7,16 @@ import asyncio
 
 import numpy as np
 
+from app.engine.params import FinishReason, GenerationParams
 from app.engine.publisher import Publisher
 from app.engine.requests import CompletionText, GenerationRequest, Mailbox
-from models.sampling import SamplingParams, make_generator
+from models.sampling import make_generator
 
 
 def make_request(loop: asyncio.AbstractEventLoop) -> GenerationRequest:
     return GenerationRequest(
         ids=np.array([1], dtype=np.int64),
-        max_chars=100,
-        params=SamplingParams(),
+        params=GenerationParams(max_chars=100),
         generator=make_generator(0)[0],
         seed=0,
         text=CompletionText(()),
@@ -47,7 +47,7 @@ def test_text_waits_for_the_interval_unless_urgent() -> None:
         await asyncio.sleep(0.01)
         assert not box.event.is_set()
         request.text.append("d")
-        publisher.deliver(request, "d", finish="length")
+        publisher.deliver(request, "d", finish=FinishReason.LENGTH)
         publisher.publish(generating_rows=1, force=True)
         await asyncio.wait_for(box.event.wait(), 5)
         assert box.take() == ("cd", 4, "length", None)
