@@ -191,6 +191,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--overload-batch", type=int, default=32, help="max_batch_size of the overload server")
     add("--overload-queue", type=int, default=32, help="max_queue of the overload server")
     add("--bursts", type=int, default=3, help="overload bursts, each 4x the capacity")
+    add("--settle", type=float, default=2.0, help="seconds after the bursts before the last RSS")
     add("--quick", action="store_true", help="levels 1,32; 200 characters; 3 pairs")
     add("--smoke", action="store_true", help="seconds: one tiny model, levels 1,4, 20 characters")
     add("--json", type=Path, help="also write the raw results here")
@@ -202,7 +203,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "tiny-2x128", "1,4", "4", "4"
         )  # fmt: skip
         args.chars, args.requests, args.single_chars, args.pairs = 20, 4, 20, 1
-        args.max_batch_size, args.overload_batch, args.overload_queue = 8, 2, 2
+        args.max_batch_size, args.overload_batch, args.overload_queue, args.settle = 8, 2, 2, 0.2
     for name in ("levels", "compare_levels", "unbatched_levels"):
         setattr(args, name, [int(x) for x in getattr(args, name).split(",") if x])
     args.models = args.models.split(",")
@@ -263,7 +264,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     capacity = args.overload_batch + args.overload_queue
     try:
         over = asyncio.run(
-            overload_check(server, args.models[0], capacity, args.chars, args.bursts)
+            overload_check(server, args.models[0], capacity, args.chars, args.bursts, args.settle)
         )
     finally:
         server.stop()

@@ -17,15 +17,16 @@ from bench.server import Server
 
 
 async def overload_check(
-    server: Server, model: str, capacity: int, chars: int, bursts: int
+    server: Server, model: str, capacity: int, chars: int, bursts: int, settle_s: float = 2.0
 ) -> dict[str, Any]:
-    """``bursts`` bursts of 4x ``capacity`` requests; memory before, after each and 2 s later."""
+    """``bursts`` bursts of 4x ``capacity`` requests; memory before, after each and
+    ``settle_s`` later."""
     baseline = server.rss_mb()
     rounds, peaks = [], []
     for _ in range(bursts):
         rounds.append(await burst(server.url, model, 4 * capacity, chars))
         peaks.append(server.rss_mb())
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(settle_s)
     after = server.rss_mb()
     edge = edge_refusal_times(httpx.get(server.url + "/metrics", timeout=10).text)
     rejected = [t for r in rounds for t in r.rejected_latencies]
@@ -49,6 +50,7 @@ async def overload_check(
         "rss_baseline_mb": baseline,
         "rss_after_bursts_mb": peaks,
         "rss_after_mb": after,
+        "settle_s": settle_s,
         "server_errors": sum(n for s, n in statuses.items() if s >= 500),
         **edge,
     }
@@ -98,5 +100,5 @@ def overload_lines(over: dict[str, Any], model: str, batch: int, queue: int) -> 
         f"middleware to last byte): mean {over['edge_refusal_server_mean_ms']:.2f} ms, "
         f"{over['edge_refusals_within_5ms']:.0f} within 5 ms",
         f"- server RSS: {over['rss_baseline_mb']:.0f} MB before, {rss} MB after each burst, "
-        f"{over['rss_after_mb']:.0f} MB 2 s later",
+        f"{over['rss_after_mb']:.0f} MB {over['settle_s']:g} s later",
     ]

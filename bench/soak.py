@@ -350,11 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
-        "--smoke", action="store_true", help="seconds: 3 s of load after 1 s of warm-up"
+        "--smoke",
+        action="store_true",
+        help="seconds: capacity 4 + 4, 2 s of load after 1 s of warm-up",
     )
     args = parser.parse_args(argv)
     if args.smoke:
-        args.duration, args.warmup = 3.0, 1.0
+        args.duration, args.warmup, args.max_batch_size, args.max_queue = 2.0, 1.0, 4, 4
     capacity = args.max_batch_size + args.max_queue
     concurrency = max(1, round(args.load_factor * capacity))
     with tempfile.TemporaryDirectory(prefix="charlm-soak-") as tmp:
