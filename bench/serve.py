@@ -13,7 +13,7 @@ Ratios printed for each model: HTTP generation (non-streamed, streamed) / bare l
 128 streams; batched / ``CHARLM_MAX_BATCH_SIZE=1`` at 32 streams; single stream time per
 character / eager bare step; in-process scoring / bare forward; HTTP scoring / in-process.
 
-    python -m bench.serve                     # about 10 minutes on a 2-core CPU
+    python -m bench.serve                     # several minutes on a 2-core CPU
     python -m bench.serve --quick             # levels 1 and 32, shorter requests
     python -m bench.serve --smoke             # seconds: one small model, tiny levels
     python -m bench.serve --models-dir checkpoints --models small
