@@ -17,10 +17,12 @@ takes one pass instead of one pass per character.
 State: the forward stack's state only (it carries the left context across calls, as in truncated
 BPTT); the backward stack starts fresh at the right edge of every call. ``lengths`` (B,) marks
 where each row of a padded batch ends, so trailing padding never enters the right context.
+``logits_in_pieces`` gives the logits of one forward over a long text in pieces of bounded memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
@@ -43,7 +45,9 @@ def reverse_within(x: Tensor, lengths: Tensor | None) -> Tensor:
     return x.gather(1, index)
 
 
-class _BidirectionalLM(CharLM):
+class BidirectionalLM(CharLM):
+    """The forward and backward stacks, merged at the top (see the module docstring)."""
+
     rnn_class: ClassVar[type[nn.LSTM] | type[nn.GRU]]
     state_tensors: ClassVar[int] = 1
     can_generate = False
@@ -90,12 +94,51 @@ class _BidirectionalLM(CharLM):
         merged = torch.tanh(self.merge(self.drop(both)))
         return self.head(self.drop(merged)), new_state
 
+    def logits_in_pieces(self, ids: Tensor, steps: int) -> Iterator[tuple[int, Tensor]]:
+        """``forward(ids)``'s logits ``steps`` rows at a time: ``(first row, logits (B, t, V))``.
+
+        The same figures as one forward over ``ids`` (B, T) without padding, in memory bounded by
+        ``steps`` instead of ``T``: a first pass reads the text right to left and keeps the
+        backward stack's state at the right edge of each piece; the second reads left to right,
+        carrying the forward stack's state and running each piece's backward stack from its kept
+        state. The backward stack runs twice. Meant for eval mode (dropout draws differ).
+        """
+        batch, total = ids.shape
+        starts = list(range(0, total, steps))
+
+        # row t reads the backward output at position t + 2: piece [s, e) needs positions
+        # [s + 2, e + 2), read from the state that has seen everything from e + 2 on
+        def right_span(start: int) -> tuple[int, int]:
+            return min(start + 2, total), min(start + steps + 2, total)
+
+        edges: list[State] = []
+        state = self.initial_state(batch, ids.device)
+        for start in reversed(starts):
+            edges.append(state)
+            low, high = right_span(start)
+            if high > low:
+                reversed_x = self.drop(self.embedding(ids[:, low:high])).flip(1)
+                _, state = self._run(self.backward_rnn, reversed_x, state)
+        edges.reverse()
+        forward_state = self.initial_state(batch, ids.device)
+        for start, edge in zip(starts, edges, strict=True):
+            x = self.drop(self.embedding(ids[:, start : start + steps]))  # (B, t, E)
+            forward_out, forward_state = self._run(self.forward_rnn, x, forward_state)
+            right = torch.zeros_like(forward_out)  # beyond the end: zeros
+            low, high = right_span(start)
+            if high > low:
+                reversed_x = self.drop(self.embedding(ids[:, low:high])).flip(1)
+                backward_rev, _ = self._run(self.backward_rnn, reversed_x, edge)
+                right[:, : high - low] = backward_rev.flip(1)
+            merged = torch.tanh(self.merge(self.drop(torch.cat([forward_out, right], dim=-1))))
+            yield start, self.head(self.drop(merged))
+
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         return self.zero_layer_state(batch_size, device, self.state_tensors)
 
 
 @register
-class BiLSTMLM(_BidirectionalLM):
+class BiLSTMLM(BidirectionalLM):
     """Bidirectional LSTM (Schuster & Paliwal 1997; Hochreiter & Schmidhuber 1997)."""
 
     arch = "bilstm"
@@ -104,7 +147,7 @@ class BiLSTMLM(_BidirectionalLM):
 
 
 @register
-class BiGRULM(_BidirectionalLM):
+class BiGRULM(BidirectionalLM):
     """Bidirectional GRU (Schuster & Paliwal 1997; Cho et al. 2014)."""
 
     arch = "bigru"

@@ -20,7 +20,7 @@ iterated-conditional-modes fill it starts from.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from models.base import CharLM
+from models.bidirectional import BidirectionalLM
 from models.scoring import TextScore, chunk_length
 from models.vocab import BOS_ID, UNK_ID, CharVocab
 
@@ -68,37 +69,59 @@ def pll_score_id_sequences(
     vocab_size = model.config.vocab_size
     k = min(top_k, vocab_size)
     results: list[TextScore] = []
-    # rows per forward so the (B, T, V) log-probabilities stay within scoring's memory bound
+    # rows per forward so the (B, T, V) log-probabilities stay within scoring's memory bound;
+    # a stream longer than that bound goes alone, its logits computed in pieces
+    steps = chunk_length(1, vocab_size)
     longest = max((len(s) for s in streams), default=1)
-    rows = max(1, chunk_length(1, vocab_size) // longest)
+    rows = max(1, steps // longest)
     for first in range(0, len(streams), rows):
         group = streams[first : first + rows]
         lengths = torch.tensor([len(s) for s in group])
         padded = torch.full((len(group), int(lengths.max())), BOS_ID, dtype=torch.long)
         for i, stream in enumerate(group):
             padded[i, : len(stream)] = torch.from_numpy(stream.astype(np.int64))
-        ids = padded.to(model.device)
-        logits, _ = model(ids, None, lengths=lengths)
-        logprobs = torch.log_softmax(logits.float(), dim=-1)[:, :-1].cpu()  # predicts ids[:, 1:]
-        targets = padded[:, 1:]
-        picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T - 1)
+        picked, top_lp, top_ids = _pll_logprobs(model, padded, lengths, steps, k)
         for i, stream in enumerate(group):
             index = first + i
             start = len(contexts[index])
             stop = len(stream) - 1
             seq = np.asarray(sequences[index])
-            top_ids = top_lp = None
-            if k:
-                top_lp, top_ids = logprobs[i, start:stop].topk(k, dim=-1)
             results.append(
                 TextScore(
                     logprobs=picked[i, start:stop].clone(),
                     num_unknown=int(np.count_nonzero(seq == UNK_ID)),
-                    top_ids=top_ids,
-                    top_logprobs=top_lp,
+                    top_ids=top_ids[i, start:stop].clone() if top_ids is not None else None,
+                    top_logprobs=top_lp[i, start:stop].clone() if top_lp is not None else None,
                 )
             )
     return results
+
+
+def _pll_logprobs(
+    model: CharLM, padded: Tensor, lengths: Tensor, steps: int, k: int
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Per-position log-probability of ``padded[:, 1:]`` (B, T - 1), and the top ``k``.
+
+    One forward when the batch fits in ``steps`` positions; otherwise (one stream, no padding)
+    the model's ``logits_in_pieces``, which gives the same figures in bounded memory.
+    """
+    ids = padded.to(model.device)
+    targets = padded[:, 1:]  # (B, T - 1): row t of the logits predicts ids[:, t + 1]
+    predicted = targets.shape[1]
+    if ids.shape[1] > steps and isinstance(model, BidirectionalLM):
+        pieces: Iterable[tuple[int, Tensor]] = model.logits_in_pieces(ids, steps)
+    else:
+        pieces = [(0, model(ids, None, lengths=lengths)[0])]
+    picked = torch.zeros(targets.shape)
+    top_lp = torch.zeros(*targets.shape, k) if k else None
+    top_ids = torch.zeros(*targets.shape, k, dtype=torch.long) if k else None
+    for start, logits in pieces:
+        stop = min(start + logits.shape[1], predicted)  # the last row predicts past the end
+        logprobs = torch.log_softmax(logits[:, : stop - start].float(), dim=-1).cpu()
+        picked[:, start:stop] = logprobs.gather(-1, targets[:, start:stop, None]).squeeze(-1)
+        if top_lp is not None and top_ids is not None:
+            top_lp[:, start:stop], top_ids[:, start:stop] = logprobs.topk(k, dim=-1)
+    return picked, top_lp, top_ids
 
 
 def pll_score_texts(

@@ -1,9 +1,11 @@
 """Validation loss with the scoring convention the server uses.
 
-Each document is scored as one text by ``models.scoring``: the model starts from
+Each document is scored as one text, as ``/v1/score`` scores it: the model starts from
 ``initial_state``, reads ``BOS_ID`` first and then every character, carrying the state through the
-whole document. ``charlm-eval`` and the training loop both call :func:`evaluate_docs`, so the two
-report the same figure for the same text.
+whole document (``models.scoring``). A bidirectional model gives the pseudo-log-likelihood of the
+whole document, each character seen with its full left and right context (``models.infill``).
+``charlm-eval`` and the training loop both call :func:`evaluate_docs`, so the two report the same
+figure for the same text.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.base import CharLM
+from models.infill import pll_score_id_sequences
 from models.scoring import bits_per_char, perplexity, score_id_sequences
 from models.vocab import UNK_ID
 
@@ -65,6 +68,7 @@ def limit_docs(docs: Sequence[np.ndarray], max_chars: int | None) -> list[np.nda
 
 def evaluate_docs(model: CharLM, docs: Sequence[np.ndarray]) -> EvalResult:
     """Score every document on its own, one stream each, and sum (eval mode is restored after)."""
+    score_ids = score_id_sequences if model.can_generate else pll_score_id_sequences
     was_training = model.training
     model.eval()
     try:
@@ -75,7 +79,7 @@ def evaluate_docs(model: CharLM, docs: Sequence[np.ndarray]) -> EvalResult:
             if len(doc) == 0:
                 continue
             ids = np.asarray(doc, dtype=np.int64)
-            (score,) = score_id_sequences(model, [ids])
+            (score,) = score_ids(model, [ids])
             total -= score.logprob
             chars += score.num_chars
             unknown += int(np.count_nonzero(ids == UNK_ID))

@@ -71,3 +71,16 @@ def test_checkpoint_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def
     ids = torch.randint(0, 11, (2, 7))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids)[0], model(ids)[0])
+
+
+@pytest.mark.parametrize("arch", ["bilstm", "bigru"])
+@pytest.mark.parametrize("steps", [1, 2, 5, 22, 23, 40])
+def test_logits_in_pieces_equal_one_forward(arch: str, steps: int) -> None:
+    model = bi(arch)
+    ids = torch.randint(2, 11, (3, 23))
+    with torch.no_grad():
+        whole, _ = model(ids)
+        pieces = list(model.logits_in_pieces(ids, steps))
+    assert [start for start, _ in pieces] == list(range(0, 23, steps))
+    assert all(logits.shape[1] <= steps for _, logits in pieces)
+    torch.testing.assert_close(torch.cat([logits for _, logits in pieces], dim=1), whole)

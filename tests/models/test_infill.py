@@ -8,7 +8,7 @@ import torch
 from models.config import ModelConfig
 from models.infill import InfillError, infill_text, pll_score_texts
 from models.registry import build_model
-from models.vocab import CharVocab
+from models.vocab import BOS_ID, CharVocab
 
 
 def train_bilstm(text: str, steps: int = 250) -> tuple[torch.nn.Module, CharVocab]:
@@ -121,3 +121,20 @@ def test_errors_are_named(trained) -> None:  # type: ignore[no-untyped-def]
         infill_text(causal, vocab, "al_ha")
     with pytest.raises(InfillError, match="bidirectional"):
         pll_score_texts(causal, vocab, ["alpha"])
+
+
+def test_pll_of_a_text_longer_than_a_chunk_is_one_forwards(trained) -> None:  # type: ignore[no-untyped-def]
+    from models.scoring import chunk_length
+
+    model, vocab = trained
+    text = "".join(f"{w} {i % 7} {w[::-1]}.\n" for i, w in enumerate(["alpha", "beta"] * 200))
+    assert len(text) > chunk_length(1, len(vocab))  # scored in pieces of bounded memory
+    (score,) = pll_score_texts(model, vocab, [text], top_k=3)
+    stream = torch.tensor([[BOS_ID, *vocab.encode(text)]])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(stream)[0][0, :-1].float(), dim=-1)  # one forward
+    expected = logprobs.gather(-1, stream[0, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(score.logprobs, expected, rtol=1e-5, atol=1e-5)
+    assert score.top_ids is not None and score.top_logprobs is not None
+    torch.testing.assert_close(score.top_logprobs, logprobs.topk(3, dim=-1).values)
+    assert score.num_chars == len(text)
