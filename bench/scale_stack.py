@@ -146,21 +146,29 @@ class Stack:
         )
 
     def balancer_retries(self, since: float) -> tuple[int, int]:
-        """(requests the balancer retried, of which redispatched to another replica) since
-        ``since`` (a Unix time), read from its access log: the fifth counter of
-        ``actconn/feconn/beconn/srv_conn/retries``, prefixed with "+" when redispatched."""
+        """``count_retries`` of the balancer's access log since ``since`` (a Unix time)."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since)) + "Z"
-        log = self.compose("logs", "--no-color", "--no-log-prefix", "--since", stamp, "lb")
-        retried = redispatched = 0
-        for line in log.splitlines():
-            if '"' not in line:
-                continue
-            fields = line.split('"')[0].split()
-            counters = [f for f in fields if f.count("/") == 4]
-            if not counters:
-                continue
-            retries = counters[-1].rsplit("/", 1)[1]
-            if retries.lstrip("+") not in ("", "0"):
-                retried += 1
-                redispatched += retries.startswith("+")
-        return retried, redispatched
+        return count_retries(
+            self.compose("logs", "--no-color", "--no-log-prefix", "--since", stamp, "lb")
+        )
+
+
+def count_retries(log: str) -> tuple[int, int]:
+    """(requests retried, of which redispatched to another replica) in HAProxy's HTTP access
+    log: the last counter of ``actconn/feconn/beconn/srv_conn/retries``, which has a "+" in
+    front when the request was redispatched. Other lines (warnings, state changes) are skipped.
+    """
+    retried = redispatched = 0
+    for line in log.splitlines():
+        if '"' not in line:
+            continue
+        # the timers (Tq/Tw/Tc/Tr/Ta) and the connection counters both have five fields; the
+        # counters come last before the request line
+        counters = [f for f in line.split('"')[0].split() if f.count("/") == 4]
+        if len(counters) < 2:
+            continue
+        retries = counters[-1].rsplit("/", 1)[1]
+        if retries.lstrip("+") not in ("", "0"):
+            retried += 1
+            redispatched += retries.startswith("+")
+    return retried, redispatched
