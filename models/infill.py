@@ -29,7 +29,7 @@ from torch import Tensor
 
 from models.base import CharLM
 from models.bidirectional import BidirectionalLM
-from models.scoring import TextScore, chunk_length
+from models.scoring import IdSequence, TextScore, chunk_length, row_score, scoring_streams
 from models.vocab import BOS_ID, UNK_ID, CharVocab
 
 MAX_SWEEPS = 3
@@ -52,20 +52,13 @@ def _require_bidirectional(model: CharLM) -> None:
 @torch.inference_mode()
 def pll_score_id_sequences(
     model: CharLM,
-    sequences: Sequence[np.ndarray | Sequence[int]],
-    contexts: Sequence[np.ndarray | Sequence[int]] | None = None,
+    sequences: Sequence[IdSequence],
+    contexts: Sequence[IdSequence] | None = None,
     top_k: int = 0,
 ) -> list[TextScore]:
     """Per-character ``log p(c_t | all other characters)`` of each sequence (after BOS, context)."""
     _require_bidirectional(model)
-    if contexts is None:
-        contexts = [[] for _ in sequences]
-    if len(contexts) != len(sequences):
-        raise ValueError("contexts and sequences must have the same length")
-    streams = [
-        np.concatenate([[BOS_ID], np.asarray(c, dtype=np.int64), np.asarray(s, dtype=np.int64)])
-        for s, c in zip(sequences, contexts, strict=True)
-    ]
+    contexts, streams = scoring_streams(sequences, contexts)
     vocab_size = model.config.vocab_size
     k = min(top_k, vocab_size)
     results: list[TextScore] = []
@@ -82,18 +75,8 @@ def pll_score_id_sequences(
             padded[i, : len(stream)] = torch.from_numpy(stream.astype(np.int64))
         picked, top_lp, top_ids = _pll_logprobs(model, padded, lengths, steps, k)
         for i, stream in enumerate(group):
-            index = first + i
-            start = len(contexts[index])
-            stop = len(stream) - 1
-            seq = np.asarray(sequences[index])
-            results.append(
-                TextScore(
-                    logprobs=picked[i, start:stop].clone(),
-                    num_unknown=int(np.count_nonzero(seq == UNK_ID)),
-                    top_ids=top_ids[i, start:stop].clone() if top_ids is not None else None,
-                    top_logprobs=top_lp[i, start:stop].clone() if top_lp is not None else None,
-                )
-            )
+            span = slice(len(contexts[first + i]), len(stream) - 1)  # the text, after its context
+            results.append(row_score(sequences[first + i], i, span, picked, top_ids, top_lp))
     return results
 
 

@@ -36,8 +36,24 @@ def perplexity(nats_per_char: float) -> float:
     return math.exp(min(nats_per_char, MAX_LOG_PERPLEXITY))
 
 
+class PerCharFigures:
+    """``bits_per_char`` and ``perplexity`` of a class's ``nats_per_char``."""
+
+    @property
+    def nats_per_char(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def bits_per_char(self) -> float:
+        return bits_per_char(self.nats_per_char)
+
+    @property
+    def perplexity(self) -> float:
+        return perplexity(self.nats_per_char)
+
+
 @dataclass
-class TextScore:
+class TextScore(PerCharFigures):
     """Per-character natural-log probabilities of one text, and the optional top-k."""
 
     logprobs: Tensor  # (N,) float32
@@ -57,13 +73,26 @@ class TextScore:
     def nats_per_char(self) -> float:
         return -self.logprob / self.num_chars if self.num_chars else 0.0
 
-    @property
-    def bits_per_char(self) -> float:
-        return bits_per_char(self.nats_per_char)
 
-    @property
-    def perplexity(self) -> float:
-        return perplexity(self.nats_per_char)
+def row_score(
+    sequence: np.ndarray | Sequence[int],
+    row: int,
+    span: slice,
+    logprobs: Tensor,
+    top_ids: Tensor | None = None,
+    top_logprobs: Tensor | None = None,
+) -> TextScore:
+    """The ``TextScore`` of ``sequence`` from ``span`` of ``row`` of batch tensors (B, T, ...)."""
+
+    def part(tensor: Tensor | None) -> Tensor | None:
+        return None if tensor is None else tensor[row, span].clone()
+
+    return TextScore(
+        logprobs=logprobs[row, span].clone(),
+        num_unknown=int(np.count_nonzero(np.asarray(sequence) == UNK_ID)),
+        top_ids=part(top_ids),
+        top_logprobs=part(top_logprobs),
+    )
 
 
 def chunk_length(batch_size: int, vocab_size: int) -> int:
@@ -71,28 +100,36 @@ def chunk_length(batch_size: int, vocab_size: int) -> int:
     return max(1, min(_MAX_CHUNK, _MAX_LOGIT_ELEMENTS // max(1, batch_size * vocab_size)))
 
 
+IdSequence = np.ndarray | Sequence[int]
+
+
+def scoring_streams(
+    sequences: Sequence[IdSequence], contexts: Sequence[IdSequence] | None
+) -> tuple[Sequence[IdSequence], list[np.ndarray]]:
+    """The contexts (none by default) and each stream read: ``BOS_ID``, context, text (int64)."""
+    if contexts is None:
+        contexts = [[] for _ in sequences]
+    if len(contexts) != len(sequences):
+        raise ValueError("contexts and sequences must have the same length")
+    streams = [
+        np.concatenate([[BOS_ID], np.asarray(c, dtype=np.int64), np.asarray(s, dtype=np.int64)])
+        for s, c in zip(sequences, contexts, strict=True)
+    ]
+    return contexts, [stream.astype(np.int64) for stream in streams]
+
+
 @torch.inference_mode()
 def score_id_sequences(
     model: CharLM,
-    sequences: Sequence[np.ndarray | Sequence[int]],
-    contexts: Sequence[np.ndarray | Sequence[int]] | None = None,
+    sequences: Sequence[IdSequence],
+    contexts: Sequence[IdSequence] | None = None,
     top_k: int = 0,
 ) -> list[TextScore]:
     """Score several id sequences in one padded batch (padding trails, so it changes nothing)."""
     if not sequences:
         return []
-    if contexts is None:
-        contexts = [[] for _ in sequences]
-    if len(contexts) != len(sequences):
-        raise ValueError("contexts and sequences must have the same length")
     device = model.device
-    # stream i: BOS, context, text; targets: context, text
-    streams = [
-        np.concatenate(
-            [[BOS_ID], np.asarray(ctx, dtype=np.int64), np.asarray(seq, dtype=np.int64)]
-        ).astype(np.int64)
-        for seq, ctx in zip(sequences, contexts, strict=True)
-    ]
+    contexts, streams = scoring_streams(sequences, contexts)  # targets: context, text
     lengths = [len(s) - 1 for s in streams]  # number of predicted positions
     batch = len(streams)
     total = max(lengths)
@@ -117,19 +154,10 @@ def score_id_sequences(
             values, indices = lp.topk(k, dim=-1)
             top_lp[:, start:stop] = values.cpu()
             top_ids[:, start:stop] = indices.cpu()
-    results = []
-    for i, (seq, ctx) in enumerate(zip(sequences, contexts, strict=True)):
-        first, last = len(ctx), len(ctx) + len(seq)
-        seq_arr = np.asarray(seq)
-        results.append(
-            TextScore(
-                logprobs=logprobs[i, first:last].clone(),
-                num_unknown=int(np.count_nonzero(seq_arr == UNK_ID)),
-                top_ids=top_ids[i, first:last].clone() if top_ids is not None else None,
-                top_logprobs=top_lp[i, first:last].clone() if top_lp is not None else None,
-            )
-        )
-    return results
+    return [
+        row_score(seq, i, slice(len(ctx), len(ctx) + len(seq)), logprobs, top_ids, top_lp)
+        for i, (seq, ctx) in enumerate(zip(sequences, contexts, strict=True))
+    ]
 
 
 def score_texts(

@@ -18,12 +18,12 @@ import numpy as np
 
 from models.base import CharLM
 from models.infill import pll_score_id_sequences
-from models.scoring import bits_per_char, perplexity, score_id_sequences
+from models.scoring import PerCharFigures, score_id_sequences
 from models.vocab import UNK_ID
 
 
 @dataclass(frozen=True)
-class EvalResult:
+class EvalResult(PerCharFigures):
     """Summed negative log-likelihood over ``num_chars`` characters."""
 
     total_nats: float
@@ -33,14 +33,6 @@ class EvalResult:
     @property
     def nats_per_char(self) -> float:
         return self.total_nats / self.num_chars if self.num_chars else math.nan
-
-    @property
-    def bits_per_char(self) -> float:
-        return bits_per_char(self.nats_per_char)
-
-    @property
-    def perplexity(self) -> float:
-        return perplexity(self.nats_per_char)
 
     def to_dict(self) -> dict[str, float | int]:
         return {
