@@ -66,8 +66,13 @@ class ScoreTotals:
     def as_dict(self) -> dict[str, Any]:
         seconds = round(self.seconds, 3)
         rate = round(self.chars_per_s, 1)
-        return {"records": self.records, "errors": self.errors, "chars": self.chars,
-                "seconds": seconds, "chars_per_s": rate}  # fmt: skip
+        return {
+            "records": self.records,
+            "errors": self.errors,
+            "chars": self.chars,
+            "seconds": seconds,
+            "chars_per_s": rate,
+        }
 
 
 def check_scorable(model: CharLM) -> None:
@@ -179,6 +184,7 @@ def run_local(
         totals.errors += len(bad)
         if progress is not None:
             progress.update(totals, window_done=True)
-    logger.info("scored %d records (%d characters), %d bad", totals.records, totals.chars,
-                totals.errors)  # fmt: skip
+    logger.info(
+        "scored %d records (%d characters), %d bad", totals.records, totals.chars, totals.errors
+    )
     return totals
