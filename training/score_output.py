@@ -2,8 +2,8 @@
 job's output is found to continue it.
 
 A score line keeps the record's position (``line``, or ``row`` for Parquet), its ``id`` when the
-input has one, and adds ``logprob`` (natural log), ``bits_per_char``, ``perplexity`` (capped at
-``exp(709)``, as the server does), ``num_chars`` and ``num_unknown``; an empty text scores 0 bits
+input has one, and adds ``logprob`` (natural log), ``bits_per_char``, ``perplexity`` (finite, see
+``models.scoring.perplexity``), ``num_chars`` and ``num_unknown``; an empty text scores 0 bits
 and perplexity 1. A bad-record line has the position, the id and the ``reason``.
 
 Lines are written in input order, a whole line per write, so a killed job leaves complete lines and
@@ -15,7 +15,6 @@ records after it are read and judged again, so nothing is lost and nothing writt
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from collections.abc import Iterable
@@ -26,7 +25,6 @@ from typing import IO, Any
 from models.scoring import TextScore
 from training.records import BadRecord, Record
 
-_MAX_LOG_PERPLEXITY = 709.0  # exp() overflows a float64 above this
 _READ_CHUNK = 1 << 20
 
 
@@ -41,11 +39,10 @@ def score_line(
     line: dict[str, Any] = {position_key: record.position}
     if record.id is not None:
         line["id"] = record.id
-    nats = -score.logprob / score.num_chars if score.num_chars else 0.0
     line.update(
         logprob=score.logprob,
-        bits_per_char=nats / math.log(2),
-        perplexity=math.exp(min(nats, _MAX_LOG_PERPLEXITY)),
+        bits_per_char=score.bits_per_char,
+        perplexity=score.perplexity,
         num_chars=score.num_chars,
         num_unknown=score.num_unknown,
     )
