@@ -88,16 +88,17 @@ def run_ray(args: argparse.Namespace, fmt: RecordFormat, settings: ScoreSettings
     waiting = {b.index for b in todo}
     done = [shard_counts(folder, b) for b in plan.blocks if b.index not in waiting]
     totals = ScoreTotals()  # of this run
+    busy = [0.0]  # seconds the actors spent on blocks, this run
     if todo:
         ray.init(address=args.ray, logging_level=logging.WARNING, log_to_driver=False)
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset notices
         try:
-            _run_blocks(ray, args, fmt, settings, todo, totals, done)
+            _run_blocks(ray, args, fmt, settings, todo, totals, done, busy)
         finally:
             ray.shutdown()
     stats = {
         **{key: sum(c[key] for c in done) for key in ("records", "errors", "chars")},
         "seconds": round(totals.seconds, 3),
+        "actor_seconds": round(busy[0], 3),
         "chars_per_s": round(totals.chars_per_s, 1),
         "output": str(folder),
         "errors_file": str(folder / "part-*.errors.jsonl"),
@@ -116,6 +117,7 @@ def _run_blocks(
     todo: list[Block],
     totals: ScoreTotals,
     done: list[dict[str, Any]],
+    busy: list[float],
 ) -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
@@ -149,6 +151,7 @@ def _run_blocks(
     try:
         for row in dataset.iter_rows():
             counts = {k: int(v) for k, v in row.items() if k != "seconds"}
+            busy[0] += float(row["seconds"])
             done.append(counts)
             totals.records += counts["records"]
             totals.errors += counts["errors"]
