@@ -213,7 +213,7 @@ class APIKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-ENGINE_ROUTES = frozenset({"/v1/generate", "/v1/score", "/v1/completions"})
+ENGINE_ROUTES = frozenset({"/v1/generate", "/v1/score", "/v1/completions", "/v1/infill"})
 
 # the reservation of the request being served, if it holds one (it travels with the request's
 # context, so routes pass nothing along)

@@ -4,7 +4,9 @@ Log-probabilities come from ``/v1/score``'s scoring, not from the sampler: the p
 completion are read after ``<bos>`` exactly as ``/v1/score`` reads them, so ``echo`` with
 ``max_tokens=0`` gives the same numbers as ``/v1/score`` (and a real value for the first
 character, where other servers return null). They are those of the model's distribution,
-before temperature, top-k and top-p.
+before temperature, top-k and top-p. A bidirectional model has no left-to-right distribution:
+asking it for ``logprobs`` is a 400 that points to ``/v1/score``, where its own measure, the
+pseudo-log-likelihood, is given under that name.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from app.api.errors import APIError
 from app.api.schemas.completions import (
     CompletionChoice,
     CompletionLogprobs,
@@ -123,6 +126,16 @@ async def complete(
 ) -> CompletionResponse:
     """The whole response: every prompt's ``n`` choices (choice index = prompt * n + i)."""
     assert entry.engine is not None and entry.checkpoint is not None
+    model = entry.checkpoint.model
+    if request.logprobs is not None and not model.can_generate:
+        raise APIError(
+            400,
+            f"model {entry.id!r} ({model.config.arch}) is bidirectional: it predicts each"
+            " character from both sides and has no left-to-right log-probabilities to give;"
+            " score the text with /v1/score (mode 'pll', its pseudo-log-likelihood)",
+            param="logprobs",
+            code="bidirectional_model",
+        )
     params = request.to_params()
     opened = await _open_streams(entry, metrics, request, params)
     vocab = entry.checkpoint.vocab

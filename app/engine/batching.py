@@ -1,4 +1,5 @@
-"""Tensor work of the scheduler: reading prompts together, the decode batch, scoring groups.
+"""Tensor work of the scheduler: reading prompts together, the decode batch, scoring groups, and the
+process's oneDNN setting around them.
 
 A recurrent model's state has a fixed size per row (batch on dim 0 of every state tensor), so rows
 join and leave the running batch by stacking and selecting state rows: there is no cache to page.
@@ -15,7 +16,17 @@ from torch import Tensor
 
 from app.engine.requests import GenerationRequest
 from models.base import CharLM, State, concat_states, select_state
-from models.sampling import RowSettings
+from models.sampling import RowSettings, choose_next_rows
+
+
+def use_onednn(enabled: bool) -> None:
+    """Switch oneDNN (mkldnn) for the forwards that follow; a process-wide flag, set only when it
+    changes, so a round of decode steps alone never touches it. Its LSTM kernel is ~3x slower
+    than PyTorch's own for one-character steps of small batches, yet faster over long sequences
+    (measured on CPU): decode steps run without it; prompts, scoring and an idle engine leave
+    the process's setting."""
+    if torch.backends.mkldnn.enabled != enabled:
+        torch.backends.mkldnn.enabled = enabled  # type: ignore[assignment]
 
 
 def staircase(
@@ -101,6 +112,23 @@ class DecodeBatch:
             assert self.logits is not None
             self._settings = RowSettings.of([r.sampling for r in self.rows], self.logits.device)
         return self._settings
+
+    def choose(self) -> Tensor:
+        """The next id of every row (R,), each drawn with its own settings and generator."""
+        assert self.logits is not None
+        settings = self.settings
+        uniforms = None
+        if not settings.all_greedy:
+            uniforms = torch.tensor([r.next_uniform() for r in self.rows])
+        # with the uniforms given (or every row greedy), no generator is read here
+        return choose_next_rows(self.logits, settings, (), uniforms)
+
+    def read(self, model: CharLM, next_ids: Tensor) -> None:
+        """Feed each row its chosen id (R,): the logits of the next character follow."""
+        assert self.state is not None
+        use_onednn(False)
+        logits, self.state = model(next_ids.unsqueeze(-1), self.state)  # (R, 1, V)
+        self.logits = logits[:, -1]
 
     def keep(self, keep: Sequence[int]) -> None:
         """Drop every row not in ``keep`` (indices in order)."""

@@ -25,6 +25,8 @@ import sys
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -36,13 +38,22 @@ from app.engine.errors import (
     RequestTimeoutError,
 )
 from app.engine.params import FinishReason, GenerationParams
-from app.engine.requests import CompletionText, GenerationRequest, Mailbox, Phase, ScoreRequest
+from app.engine.requests import (
+    CallRequest,
+    CompletionText,
+    GenerationRequest,
+    Mailbox,
+    Phase,
+    ScoreRequest,
+)
 from app.engine.scheduler import Scheduler
-from app.engine.stats import REJECT_REASONS, EngineCounters, HistogramSnapshot
+from app.engine.stats import EngineCounters, HistogramSnapshot
+from models.base import CharLM
 from models.checkpoint import LoadedCheckpoint
+from models.infill import InfillResult, infill_text, pll_score_texts
 from models.sampling import make_generator
 from models.scoring import TextScore
-from models.vocab import BOS_ID
+from models.vocab import BOS_ID, CharVocab
 
 __all__ = [
     "CannotGenerateError",
@@ -55,6 +66,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -143,25 +156,55 @@ class ModelEngine:
         self._scheduler.abort()
         await asyncio.to_thread(self._scheduler.join)
 
-    # ------------------------------------------------------------------ scoring
+    # ------------------------------------------------------------------ scoring, calls
     async def score(
         self, texts: Sequence[str], context: str = "", top_k: int = 0
     ) -> list[TextScore]:
         """Score each text after ``context`` (see ``models.scoring``), batched with others."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[TextScore]] = loop.create_future()
-        request = ScoreRequest(list(texts), context, top_k, loop, future)
+        request = ScoreRequest(list(texts), context, top_k, loop, loop.create_future())
+        return await self._outcome(request, self._scheduler.submit_score, "scoring")
+
+    async def score_pll(
+        self, texts: Sequence[str], context: str = "", top_k: int = 0
+    ) -> list[TextScore]:
+        """The pseudo-log-likelihood of each text after ``context`` (a bidirectional model's own
+        score, ``models.infill.pll_score_texts``), queued like every other request."""
+        return await self.run(
+            partial(pll_score_texts, texts=list(texts), context=context, top_k=top_k)
+        )
+
+    async def infill(self, text: str, mask: str, top_k: int = 0) -> InfillResult:
+        """Fill the ``mask`` characters of ``text`` (``models.infill.infill_text``), queued like
+        every other request; ``InfillError`` says why a text cannot be filled."""
+        return await self.run(partial(infill_text, text=text, mask=mask, top_k=top_k))
+
+    async def run(self, fn: Callable[[CharLM, CharVocab], T]) -> T:
+        """``fn(model, vocab)`` run whole on the worker thread between two rounds, queued (and
+        refused when the queue is full) like every other request; its errors raise here."""
+        loop = asyncio.get_running_loop()
+        request = CallRequest(fn, loop, loop.create_future())
+        return cast(T, await self._outcome(request, self._scheduler.submit_call, "the request"))
+
+    async def _outcome(
+        self,
+        request: ScoreRequest | CallRequest,
+        submit: Callable[[Any], None],
+        what: str,
+    ) -> Any:
+        """Queue ``request`` and wait for its result, at most ``request_timeout_s``."""
         try:
-            self._scheduler.submit_score(request)
+            submit(request)
         finally:
             self._submitted()
+        future = request.future
         try:
             async with asyncio.timeout(self.request_timeout_s):
                 return await future
         except TimeoutError:
             self._counters.reject("timeout")
             raise RequestTimeoutError(
-                f"scoring took longer than {self.request_timeout_s:g} s"
+                f"{what} took longer than {self.request_timeout_s:g} s"
             ) from None
         finally:
             if not future.done() or request.phase is not Phase.DONE:
@@ -270,38 +313,14 @@ class ModelEngine:
     # ------------------------------------------------------------------ observability
     def stats(self) -> dict[str, float]:
         """A snapshot for ``/metrics`` and benchmarks: queue, running rows, counters."""
-        queued_gen, queued_score, running = self._scheduler.counts()
-        c = self._counters
-        with c.lock:
-            stats: dict[str, float] = {
-                "queue_depth": queued_gen + queued_score,
-                "queued_generations": queued_gen,
-                "queued_scorings": queued_score,
-                "running_rows": running,
-                "max_batch_size": self.max_batch_size,
-                "max_queue": self.max_queue,
-                "steps": c.steps,
-                "chars_generated": c.chars_generated,
-                "chars_scored": c.chars_scored,
-                "completions": sum(c.finished.values()),
-                "scored_requests": c.scored_requests,
-                "score_rounds": c.score_rounds,
-            }
-            for reason in REJECT_REASONS:
-                stats[f"rejected_{reason}"] = c.rejected[reason]
-            for reason, count in c.finished.items():
-                stats[f"finished_{reason}"] = count
-        return stats
+        generations, scorings, calls, running = self._scheduler.counts()
+        queued = {"generations": generations, "scorings": scorings, "calls": calls}
+        limits = {"max_batch_size": self.max_batch_size, "max_queue": self.max_queue}
+        return self._counters.stats(queued, running, limits)
 
     def histograms(self) -> dict[str, HistogramSnapshot]:
         """Time to first character, time per output character and rows per decode step."""
-        c = self._counters
-        with c.lock:
-            return {
-                "time_to_first_char_seconds": c.ttfc.snapshot(),
-                "time_per_output_char_seconds": c.time_per_char.snapshot(),
-                "decode_batch_rows": c.batch_size.snapshot(),
-            }
+        return self._counters.histograms()
 
     def rejections(self) -> dict[str, int]:
         """Requests refused, by reason: ``queue_full``, ``closed``, ``timeout``."""

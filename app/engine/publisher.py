@@ -6,7 +6,7 @@ gives up the GIL). The worker publishes at once for a request's first characters
 otherwise every ``stream_interval_s`` or 0.5 ms per generating row if that is longer (32 rows:
 20 ms, 128 rows: 64 ms), so a stream's characters are coalesced into few chunks and the event
 loop's work per second stays bounded. Scoring requests are resolved the same way, one wake-up per
-loop (``resolve_all``).
+loop (``resolve_all``); a call, when it has run (``settle``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 from app.engine.params import FinishReason
-from app.engine.requests import GenerationRequest, Mailbox, ScoreRequest
+from app.engine.requests import CallRequest, GenerationRequest, Mailbox, Phase, ScoreRequest
 
 # the publishing interval grows by this much per generating row (see ``Publisher.publish``)
 STREAM_INTERVAL_PER_ROW_S = 0.0005
@@ -45,6 +46,22 @@ def resolve_all(requests: list[ScoreRequest], error: BaseException | None = None
     for loop, group in by_loop.items():
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
             loop.call_soon_threadsafe(_resolve, group, error)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # cancelled: its caller has gone
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def settle(request: CallRequest, result: Any = None, error: BaseException | None = None) -> None:
+    """Complete a call on its event loop with ``result`` or ``error``."""
+    request.phase = Phase.DONE
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
+        request.loop.call_soon_threadsafe(_settle, request.future, result, error)
 
 
 class Publisher:

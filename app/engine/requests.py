@@ -12,16 +12,18 @@ import asyncio
 import enum
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from app.engine.params import FinishReason, GenerationParams
-from models.base import State
+from models.base import CharLM, State
 from models.sampling import SamplingParams, StopMatcher
 from models.scoring import TextScore
+from models.vocab import CharVocab
 
 # uniforms drawn from a row's generator at a time: the same numbers, in the same order, as one
 # ``torch.rand((), generator=g)`` per character (torch fills a tensor from the generator serially)
@@ -179,6 +181,20 @@ class GenerationRequest:
 
     def expired(self, now: float) -> bool:
         return now >= self.deadline
+
+
+@dataclass(eq=False)
+class CallRequest:
+    """A model function the worker runs whole, ``fn(model, vocab)``, between two rounds
+    (pseudo-log-likelihood scoring, infilling: work that reads a whole text at once); its result
+    or error is set on ``future`` on its event loop."""
+
+    fn: Callable[[CharLM, CharVocab], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    admitted_at: float = field(default_factory=time.monotonic)
+    phase: Phase = Phase.QUEUED
+    cancelled: bool = False
 
 
 @dataclass(eq=False)

@@ -4,8 +4,9 @@ Each round of the worker loop:
 
 1. admits queued completions while the batch has free rows (``max_batch_size`` counts rows reading
    their prompt and rows generating);
-2. advances every text being scored by one chunk (``app.engine.scoring``, ``app.engine.scoring``):
-   scoring is batched the same way, texts joining and leaving between rounds;
+2. advances every text being scored by one chunk (``app.engine.scoring``): scoring is batched the
+   same way, texts joining and leaving between rounds; and runs the next queued call whole (a
+   function of the model that reads whole texts: pseudo-log-likelihood scoring, infilling);
 3. advances the rows still reading their prompt by up to ``prompt_chunk`` ids, in one staircase
    forward (``app.engine.batching.advance_prompts``); rows that finish join the decode batch;
 4. runs one decode step: every row draws its next character with its own settings and generator,
@@ -27,28 +28,17 @@ from collections.abc import Sequence
 
 import torch
 
-from app.engine.batching import DecodeBatch, advance_prompts
+from app.engine.batching import DecodeBatch, advance_prompts, use_onednn
 from app.engine.errors import EngineClosedError, EngineError, QueueFullError
 from app.engine.params import FinishReason
-from app.engine.publisher import Publisher
-from app.engine.requests import GenerationRequest, Phase, ScoreRequest
+from app.engine.publisher import Publisher, settle
+from app.engine.requests import CallRequest, GenerationRequest, Phase, ScoreRequest
 from app.engine.scoring import ScoreRounds, fail_scorings
 from app.engine.stats import EngineCounters
 from models.base import CharLM
-from models.sampling import choose_next_rows
 from models.vocab import CharVocab
 
 logger = logging.getLogger(__name__)
-
-
-def use_onednn(enabled: bool) -> None:
-    """Switch oneDNN (mkldnn) for the forwards that follow; a process-wide flag, set only when it
-    changes, so a round of decode steps alone never touches it. Its LSTM kernel is ~3x slower
-    than PyTorch's own for one-character steps of small batches, yet faster over long sequences
-    (measured on CPU): decode steps run without it; prompts, scoring and an idle engine leave
-    the process's setting."""
-    if torch.backends.mkldnn.enabled != enabled:
-        torch.backends.mkldnn.enabled = enabled  # type: ignore[assignment]
 
 
 class Scheduler:
@@ -71,6 +61,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._generations: deque[GenerationRequest] = deque()
         self._scorings: deque[ScoreRequest] = deque()
+        self._calls: deque[CallRequest] = deque()
         self._closed = True
         self._abort = False
         self._thread: threading.Thread | None = None
@@ -109,12 +100,15 @@ class Scheduler:
             thread.join()
         self._thread = None
 
+    def _queued(self) -> int:
+        return len(self._generations) + len(self._scorings) + len(self._calls)
+
     def room(self) -> int:
         """Requests that could be taken now: free queue places plus free rows (those of
-        completions; texts to score have as many rows of their own)."""
-        queue_len = len(self._generations) + len(self._scorings)
+        completions; texts to score have as many rows of their own). Requests queued beyond the
+        free rows take queue places, so the queue never holds more than ``max_queue`` of them."""
         free_rows = self.max_batch_size - len(self._batch.rows) - len(self._prompting)
-        return max(0, self.max_queue - queue_len) + max(0, free_rows)
+        return max(0, self.max_queue + max(0, free_rows) - self._queued())
 
     def queue_full(self, pending: int = 0) -> QueueFullError | None:
         """The refusal one more request would get now (not counted), or None while ``room()``
@@ -123,7 +117,7 @@ class Scheduler:
         round runs fills the free rows and the queue, not the queue alone."""
         if self.room() > pending:
             return None
-        waiting = len(self._generations) + len(self._scorings) + pending
+        waiting = self._queued() + pending
         busy = waiting / self.max_batch_size + 1
         retry = min(60.0, max(1.0, busy * self.counters.mean_request_s))
         return QueueFullError(retry, f"{waiting} requests are waiting; retry later")
@@ -156,14 +150,20 @@ class Scheduler:
             self._scorings.append(request)
             self._cond.notify()
 
-    def cancel(self, request: GenerationRequest | ScoreRequest) -> None:
+    def submit_call(self, request: CallRequest) -> None:
+        with self._cond:
+            self._admit()
+            self._calls.append(request)
+            self._cond.notify()
+
+    def cancel(self, request: GenerationRequest | ScoreRequest | CallRequest) -> None:
         """Forget a request (its client is gone): out of the queue, or out of the batch at the
         next step."""
         with self._cond:
             request.cancelled = True
             self.withdraw(request)
 
-    def withdraw(self, request: GenerationRequest | ScoreRequest) -> bool:
+    def withdraw(self, request: GenerationRequest | ScoreRequest | CallRequest) -> bool:
         """Take a request out of the queue if it is still there (True); one already running is
         left alone (False)."""
         with self._cond:
@@ -173,21 +173,24 @@ class Scheduler:
             request.phase = Phase.DONE
             if isinstance(request, GenerationRequest):
                 self._generations.remove(request)
-            else:
+            elif isinstance(request, ScoreRequest):
                 self._scorings.remove(request)
+            else:
+                self._calls.remove(request)
             return True
 
-    def counts(self) -> tuple[int, int, int]:
-        """Queued completions, queued scoring requests, rows generating or reading a prompt."""
+    def counts(self) -> tuple[int, int, int, int]:
+        """Queued completions, scoring requests and calls; rows generating or reading a prompt."""
         with self._cond:
             running = len(self._batch.rows) + len(self._prompting)
-            return len(self._generations), len(self._scorings), running
+            return len(self._generations), len(self._scorings), len(self._calls), running
 
     def busy(self) -> bool:
         with self._cond:
             return bool(
                 self._generations
                 or self._scorings
+                or self._calls
                 or self._batch.rows
                 or self._prompting
                 or self._scoring.busy()
@@ -224,7 +227,9 @@ class Scheduler:
                     self._prompting.append(request)
                     free -= 1
                 self._scoring.take(self._scorings)
-                busy = bool(self._batch.rows or self._prompting or self._scoring.busy())
+                busy = bool(
+                    self._batch.rows or self._prompting or self._scoring.busy() or self._calls
+                )
                 if busy:
                     return True
                 self._publish(force=True)
@@ -236,6 +241,9 @@ class Scheduler:
         if self._scoring.has_rows():
             use_onednn(self._onednn_default)
             self._scoring.advance()
+        if self._calls:
+            use_onednn(self._onednn_default)
+            self._call()
         if self._prompting:
             use_onednn(self._onednn_default)
             now = time.monotonic()
@@ -258,13 +266,7 @@ class Scheduler:
             if not batch.rows:
                 return
         rows = batch.rows
-        assert batch.logits is not None and batch.state is not None
-        settings = batch.settings
-        uniforms = None
-        if not settings.all_greedy:
-            uniforms = torch.tensor([r.next_uniform() for r in rows])
-        # with the uniforms given (or every row greedy), no generator is read here
-        next_ids = choose_next_rows(batch.logits, settings, (), uniforms)
+        next_ids = batch.choose()
         keep = []
         generated = 0
         first_chars: list[float] = []
@@ -297,10 +299,23 @@ class Scheduler:
             if not keep:
                 return
             next_ids = next_ids[keep]
-        assert batch.state is not None
-        use_onednn(False)
-        logits, state = self.model(next_ids.unsqueeze(-1), batch.state)  # (R, 1, V)
-        batch.logits, batch.state = logits[:, -1], state
+        batch.read(self.model, next_ids)
+
+    def _call(self) -> None:
+        """Run the next queued call whole; its error goes to its caller, not to the round."""
+        with self._cond:
+            if not self._calls:
+                return
+            request = self._calls.popleft()
+            request.phase = Phase.RUNNING
+        try:
+            result = request.fn(self.model, self.vocab)
+        except Exception as exc:
+            settle(request, error=exc)
+        else:
+            settle(request, result)
+        with self.counters.lock:
+            self.counters.request_done(time.monotonic() - request.admitted_at)
 
     def _drop_ended(self, now: float) -> None:
         """Take the rows cancelled or past their deadline out of the decode batch."""
@@ -362,8 +377,12 @@ class Scheduler:
             self._generations.clear()
             scorings = list(self._scorings)
             self._scorings.clear()
+            calls = list(self._calls)
+            self._calls.clear()
         closed = EngineClosedError("the model shut down before the request started")
         for request in generations:
             request.phase = Phase.DONE
             self._publisher.fail(request, closed, 0)
         fail_scorings(scorings, closed)
+        for call in calls:
+            settle(call, error=closed)

@@ -78,3 +78,36 @@ class EngineCounters:
     def request_done(self, seconds: float) -> None:
         """Called under ``lock``."""
         self.mean_request_s += 0.1 * (seconds - self.mean_request_s)
+
+    def stats(
+        self, queued: dict[str, int], running: int, limits: dict[str, int]
+    ) -> dict[str, float]:
+        """Plain figures: requests queued by kind (``queued_<kind>`` and their sum,
+        ``queue_depth``), ``running_rows``, the engine's ``limits`` and every counter."""
+        with self.lock:
+            stats: dict[str, float] = {
+                "queue_depth": sum(queued.values()),
+                **{f"queued_{kind}": count for kind, count in queued.items()},
+                "running_rows": running,
+                **limits,
+                "steps": self.steps,
+                "chars_generated": self.chars_generated,
+                "chars_scored": self.chars_scored,
+                "completions": sum(self.finished.values()),
+                "scored_requests": self.scored_requests,
+                "score_rounds": self.score_rounds,
+            }
+            for reason in REJECT_REASONS:
+                stats[f"rejected_{reason}"] = self.rejected[reason]
+            for reason, count in self.finished.items():
+                stats[f"finished_{reason}"] = count
+        return stats
+
+    def histograms(self) -> dict[str, HistogramSnapshot]:
+        """Time to first character, time per output character and rows per decode step."""
+        with self.lock:
+            return {
+                "time_to_first_char_seconds": self.ttfc.snapshot(),
+                "time_per_output_char_seconds": self.time_per_char.snapshot(),
+                "decode_batch_rows": self.batch_size.snapshot(),
+            }

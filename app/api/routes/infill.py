@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter
 
 from app.api.deps import ServicesDep
@@ -18,20 +16,19 @@ from app.api.schemas.infill import (
     InfillResponse,
     infill_work,
 )
-from models.infill import InfillError, infill_text
+from models.infill import InfillError
 from models.scoring import bits_per_char
 
 router = APIRouter(prefix="/v1", tags=["infill"])
 
 
-@router.post("/infill", responses=error_responses(400, 401, 404, 413, 422))
+@router.post("/infill", responses=error_responses(400, 401, 404, 413, 422, 429, 503))
 async def infill(request: InfillRequest, services: ServicesDep) -> InfillResponse:
     """Replace each ``mask`` character by the likeliest character given both sides."""
     request.check_limits(services.limits)
     entry = services.store.resolve(request.model)
-    assert entry.checkpoint is not None
-    model, vocab = entry.checkpoint.model, entry.checkpoint.vocab
-    if model.can_generate:
+    assert entry.engine is not None and entry.checkpoint is not None
+    if entry.checkpoint.model.can_generate:
         raise APIError(
             400,
             f"model {entry.id!r} ({entry.checkpoint.config.arch}) reads left to right only;"
@@ -58,10 +55,7 @@ async def infill(request: InfillRequest, services: ServicesDep) -> InfillRespons
             code="infill_too_large",
         )
     try:
-        # the forward passes run off the event loop; eval-mode inference is thread-safe
-        result = await asyncio.to_thread(
-            infill_text, model, vocab, request.text, request.mask, request.top_k
-        )
+        result = await entry.engine.infill(request.text, request.mask, request.top_k)
     except InfillError as exc:
         raise APIError(400, str(exc), param="text", code="invalid_infill") from None
     gaps = [

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter
 from starlette.responses import Response
 
@@ -20,7 +18,6 @@ from app.api.schemas.score import (
     TopChar,
 )
 from models.base import CharLM
-from models.infill import pll_score_texts
 from models.scoring import TextScore, bits_per_char, perplexity
 from models.vocab import CharVocab
 
@@ -39,17 +36,8 @@ async def score(request: ScoreRequest, services: ServicesDep) -> Response:
     assert entry.engine is not None and entry.checkpoint is not None
     vocab = entry.checkpoint.vocab
     mode = score_mode(request.mode, entry.id, entry.checkpoint.model)
-    if mode == "pll":  # off the event loop; eval-mode inference is thread-safe
-        scores = await asyncio.to_thread(
-            pll_score_texts,
-            entry.checkpoint.model,
-            vocab,
-            request.texts,
-            request.context,
-            request.top_k,
-        )
-    else:
-        scores = await entry.engine.score(request.texts, request.context, request.top_k)
+    score_with = entry.engine.score_pll if mode == "pll" else entry.engine.score
+    scores = await score_with(request.texts, request.context, request.top_k)
     results = [
         text_score_result(text, s, request.per_char, vocab)
         for text, s in zip(request.texts, scores, strict=True)

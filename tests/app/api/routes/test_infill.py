@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,3 +132,53 @@ def test_generating_with_a_bidirectional_model_is_a_400_that_says_why(client: Te
     error = error_of(client.post("/v1/generate", json={"model": "both", "prompt": "a"}), 400)
     assert error["code"] == "cannot_generate"
     assert "both sides" in error["message"] and "/v1/infill" in error["message"]
+
+
+def test_completions_logprobs_of_a_bidirectional_model_are_a_400(client: TestClient) -> None:
+    """A bidirectional model has no left-to-right log-probabilities: ``logprobs`` with ``echo``
+    and ``max_tokens: 0`` is refused (pointing to /v1/score's pseudo-log-likelihood) rather than
+    answered with figures that are neither."""
+    body = {"model": "both", "prompt": "delta 3 atled.", "max_tokens": 0, "echo": True}
+    for extra in ({"logprobs": 0}, {"logprobs": 2}):
+        error = error_of(client.post("/v1/completions", json={**body, **extra}), 400)
+        assert error["code"] == "bidirectional_model" and error["param"] == "logprobs"
+        assert "/v1/score" in error["message"] and "pll" in error["message"]
+    echoed = client.post("/v1/completions", json=body)  # no logprobs: the echo alone
+    assert echoed.status_code == 200, echoed.text
+    assert echoed.json()["choices"][0]["text"] == body["prompt"]
+
+
+def test_pll_scoring_and_infill_wait_in_the_engines_queue(folder: Path) -> None:
+    """With the engine busy and its queue full, /v1/score (pll) and /v1/infill get the early 429
+    of every other model call; once the queue drains they are served."""
+    settings = make_settings(folder, max_batch_size=1, max_queue=1)
+    started, gate = threading.Event(), threading.Event()
+
+    def held(model: Any, vocab: Any) -> None:
+        started.set()
+        gate.wait(30)
+
+    with TestClient(create_app(settings)) as busy:
+        engine = busy.app.state.services.store.engines()["both"]  # type: ignore[attr-defined]
+        portal = busy.portal
+        assert portal is not None
+        running = portal.start_task_soon(engine.run, held)
+        assert started.wait(30)
+        queued = [portal.start_task_soon(engine.run, held) for _ in range(2)]
+        deadline = time.monotonic() + 30
+        while engine.stats()["queued_calls"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        requests = [
+            ("/v1/score", {"model": "both", "texts": ["alpha"], "mode": "pll"}),
+            ("/v1/infill", {"model": "both", "text": "al_ha"}),
+        ]
+        for path, body in requests:
+            refused = busy.post(path, json=body)
+            assert error_of(refused, 429)["code"] == "queue_full"
+            assert int(refused.headers["Retry-After"]) >= 1
+        gate.set()
+        for call in (running, *queued):
+            call.result(timeout=30)
+        for path, body in requests:
+            assert busy.post(path, json=body).status_code == 200
