@@ -72,26 +72,16 @@ class APIError(Exception):
         self.headers = dict(headers or {})
 
     def response(self) -> JSONResponse:
-        return error_response(
-            self.status, self.message, self.type, self.param, self.code, self.headers
-        )
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
     def body(self) -> dict[str, Any]:
-        return ErrorResponse(
-            error=ErrorBody(message=self.message, type=self.type, param=self.param, code=self.code)
-        ).model_dump()
+        """The error shape (``ErrorResponse``) as JSON-ready data."""
+        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return {"error": error}
 
 
-def error_response(
-    status: int,
-    message: str,
-    type: str = INVALID_REQUEST,
-    param: str | None = None,
-    code: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+#: what a route that calls a model may answer besides 200
+MODEL_ROUTE_ERRORS = (400, 401, 404, 413, 422, 429, 503)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -236,7 +226,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         message, param = describe_validation_errors(exc.errors(), _body_model(request))
-        return error_response(422, message, param=param, code="invalid_parameter")
+        return APIError(422, message, param=param, code="invalid_parameter").response()
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -249,7 +239,7 @@ def install_error_handlers(app: FastAPI) -> None:
             message = str(exc.detail)
         kind = SERVER if status >= 500 else INVALID_REQUEST
         code = _STATUS_CODES.get(status, f"http_{status}")
-        return error_response(status, message, kind, None, code, exc.headers)
+        return APIError(status, message, type=kind, code=code, headers=exc.headers).response()
 
     async def domain_error(request: Request, exc: Exception) -> JSONResponse:
         return as_api_error(exc).response()

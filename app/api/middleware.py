@@ -29,7 +29,7 @@ from contextvars import ContextVar
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import authorization_error
-from app.api.errors import SERVER, as_api_error, error_response
+from app.api.errors import SERVER, APIError, as_api_error
 from app.engine.engine import ModelEngine
 from app.engine.reservations import Reservation, Reservations
 from app.metrics import Metrics
@@ -94,10 +94,8 @@ class RequestContextMiddleware:
             logger.exception("unhandled error in %s %s", scope["method"], scope["path"])
             if started:
                 raise
-            response = error_response(
-                500, "internal server error", type=SERVER, code="internal_error"
-            )
-            await response(scope, receive, send_with_id)
+            error = APIError(500, "internal server error", type=SERVER, code="internal_error")
+            await error.response()(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "unmatched"
@@ -122,8 +120,8 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
         self.body_timeout_s = body_timeout_s
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: str) -> None:
-        response = error_response(
+    def _too_large(self, size: str) -> APIError:
+        return APIError(
             413,
             f"request body is {size}; this server accepts at most {self.max_bytes} bytes"
             " (CHARLM_MAX_REQUEST_BYTES)",
@@ -131,23 +129,17 @@ class BodyLimitMiddleware:
             code="request_too_large",
             headers={"Connection": "close"},
         )
-        await response(scope, receive, send)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def _read(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The whole body (None if the client left first); ``APIError`` when it is refused."""
         declared = _header(scope, b"content-length")
         if declared is not None:
             if not declared.strip().isdigit():
-                response = error_response(
+                raise APIError(
                     400, "Content-Length must be a whole number", param="body", code="bad_request"
                 )
-                await response(scope, receive, send)
-                return
             if int(declared) > self.max_bytes:
-                await self._refuse(scope, receive, send, f"{int(declared)} bytes")
-                return
+                raise self._too_large(f"{int(declared)} bytes")
         chunks: list[bytes] = []
         size = 0
         try:
@@ -155,27 +147,35 @@ class BodyLimitMiddleware:
                 while True:
                     message = await receive()
                     if message["type"] != "http.request":  # disconnect before the body ended
-                        return
+                        return None
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > self.max_bytes:
-                        await self._refuse(scope, receive, send, f"over {self.max_bytes} bytes")
-                        return
+                        raise self._too_large(f"over {self.max_bytes} bytes")
                     chunks.append(chunk)
                     if not message.get("more_body", False):
-                        break
+                        return b"".join(chunks)
         except TimeoutError:
-            response = error_response(
+            raise APIError(
                 408,
                 f"the request body did not arrive within {self.body_timeout_s:g} s ({size} bytes"
                 " received; CHARLM_BODY_TIMEOUT_S)",
                 param="body",
                 code="request_timeout",
                 headers={"Connection": "close"},
-            )
-            await response(scope, receive, send)
+            ) from None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        body = b"".join(chunks)
+        try:
+            body = await self._read(scope, receive)
+        except APIError as refusal:
+            await refusal.response()(scope, receive, send)
+            return
+        if body is None:
+            return
         replayed = False
 
         async def replay() -> Message:

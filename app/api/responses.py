@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.api.errors import as_api_error
+from app.api.errors import MODEL_ROUTE_ERRORS, as_api_error, error_responses
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ DONE = b"data: [DONE]\n\n"
 
 
 def sse_responses(description: str, *events: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
-    """The ``responses`` entry of a route whose 200 may be an event stream of ``events``.
+    """The ``responses`` of a model route (``MODEL_ROUTE_ERRORS``) whose 200 may also be an event
+    stream of ``events``.
 
     OpenAPI 3.1 describes a stream by one event: its ``data`` is ``[DONE]`` or JSON matching one
     of ``events`` or the error shape. Nested models are referenced in ``#/components/schemas``,
@@ -59,7 +60,8 @@ def sse_responses(description: str, *events: type[BaseModel]) -> dict[int | str,
             }
         },
     }
-    return {200: {"content": {"text/event-stream": {"schema": event}}, "description": description}}
+    stream = {"content": {"text/event-stream": {"schema": event}}, "description": description}
+    return {**error_responses(*MODEL_ROUTE_ERRORS), 200: stream}
 
 
 def sse_event(payload: Any) -> bytes:

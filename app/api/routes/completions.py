@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.api.deps import ServicesDep
-from app.api.errors import error_responses
 from app.api.openai import complete, open_completion_stream
 from app.api.responses import SSEResponse, sse_responses
 from app.api.schemas.completions import CompletionRequest, CompletionResponse
@@ -13,15 +12,14 @@ from app.api.streaming import cancel_on_disconnect
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
-_RESPONSES = {
-    **error_responses(400, 401, 404, 413, 422, 429, 503),
-    **sse_responses(
+
+@router.post(
+    "/completions",
+    responses=sse_responses(
         "JSON, or with stream: true Server-Sent Events of the same shape", CompletionResponse
     ),
-}
-
-
-@router.post("/completions", responses=_RESPONSES, response_model=CompletionResponse)
+    response_model=CompletionResponse,
+)
 async def completions(
     request: CompletionRequest, services: ServicesDep, http_request: Request
 ) -> CompletionResponse | SSEResponse:

@@ -8,7 +8,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.api.deps import ServicesDep
-from app.api.errors import error_responses
 from app.api.responses import SSEResponse, sse_responses
 from app.api.schemas.generate import (
     Completion,
@@ -21,13 +20,6 @@ from app.api.schemas.generate import (
 from app.api.streaming import CompletionStreams, cancel_on_disconnect
 
 router = APIRouter(prefix="/v1", tags=["generate"])
-
-_RESPONSES = {
-    **error_responses(400, 401, 404, 413, 422, 429, 503),
-    **sse_responses(
-        "JSON, or with stream: true Server-Sent Events", GenerateStreamEvent, GenerateStreamEnd
-    ),
-}
 
 
 def _usage(prompt: str, completion_chars: int) -> GenerateUsage:
@@ -55,7 +47,13 @@ async def _events(
     ).model_dump()
 
 
-@router.post("/generate", responses=_RESPONSES, response_model=GenerateResponse)
+@router.post(
+    "/generate",
+    responses=sse_responses(
+        "JSON, or with stream: true Server-Sent Events", GenerateStreamEvent, GenerateStreamEnd
+    ),
+    response_model=GenerateResponse,
+)
 async def generate(
     request: GenerateRequest, services: ServicesDep, http_request: Request
 ) -> GenerateResponse | SSEResponse:

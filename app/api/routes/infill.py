@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import ServicesDep
-from app.api.errors import APIError, error_responses
+from app.api.errors import MODEL_ROUTE_ERRORS, APIError, error_responses
 from app.api.schemas.infill import (
     MAX_INFILL_WORK,
     MAX_MASKED_CHARS,
@@ -22,7 +22,7 @@ from models.scoring import bits_per_char
 router = APIRouter(prefix="/v1", tags=["infill"])
 
 
-@router.post("/infill", responses=error_responses(400, 401, 404, 413, 422, 429, 503))
+@router.post("/infill", responses=error_responses(*MODEL_ROUTE_ERRORS))
 async def infill(request: InfillRequest, services: ServicesDep) -> InfillResponse:
     """Replace each ``mask`` character by the likeliest character given both sides."""
     request.check_limits(services.limits)

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from app.api.deps import ServicesDep
-from app.api.errors import APIError, error_responses
+from app.api.errors import MODEL_ROUTE_ERRORS, APIError, error_responses
 from app.api.responses import model_response
 from app.api.schemas.score import (
     CharScore,
@@ -27,7 +27,7 @@ router = APIRouter(prefix="/v1", tags=["score"])
 @router.post(
     "/score",
     response_model=ScoreResponse,
-    responses=error_responses(400, 401, 404, 413, 422, 429, 503),
+    responses=error_responses(*MODEL_ROUTE_ERRORS),
 )
 async def score(request: ScoreRequest, services: ServicesDep) -> Response:
     """Score each text from the start of a document (after ``<bos>`` and ``context``)."""
