@@ -88,7 +88,3 @@ def concat_states(states: Sequence[State]) -> State:
     if not states:
         raise ValueError("concat_states needs at least one state")
     return tuple(torch.cat(parts, dim=0) for parts in zip(*states, strict=True))
-
-
-def state_to(state: State, device: torch.device | str) -> State:
-    return tuple(s.to(device) for s in state)
