@@ -29,7 +29,7 @@ from typing import Any
 
 import schemathesis
 
-from app.store import MODEL_ID_PATTERN
+from app.settings import MODEL_ID_PATTERN
 
 SEMANTIC_400 = {
     "not_bidirectional",
