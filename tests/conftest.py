@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support import make_corpus
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -19,8 +21,4 @@ def _few_threads() -> None:
 @pytest.fixture
 def tiny_corpus() -> str:
     """A small generated text with structure a model can learn in a few hundred steps."""
-    lines = []
-    for i in range(200):
-        word = ["alpha", "beta", "gamma", "delta"][i % 4]
-        lines.append(f"{word} {i % 7} {word[::-1]}.")
-    return "\n".join(lines) + "\n"
+    return make_corpus(200)

@@ -1,4 +1,5 @@
-"""What the server and reliability tests share: a generated corpus and a real ``charlm-serve``.
+"""What the tests share: a generated corpus, a tiny model trained on it in seconds, and a real
+``charlm-serve``.
 
 Every server listens on 127.0.0.1 on a free port; nothing is downloaded.
 """
@@ -14,6 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import torch
+
+from models.base import CharLM
+from models.config import ModelConfig
+from models.registry import build_model
+from models.vocab import BOS_ID, CharVocab
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_START_S = 90.0  # a loaded machine imports torch slowly
@@ -24,6 +31,39 @@ def make_corpus(lines: int = 300) -> str:
     words = ["alpha", "beta", "gamma", "delta"]
     rows = [f"{words[i % 4]} {i % 7} {words[i % 4][::-1]}." for i in range(lines)]
     return "\n".join(rows) + "\n"
+
+
+def train_tiny_model(
+    corpus: str,
+    steps: int = 300,
+    hidden_size: int = 48,
+    seed: int = 0,
+    arch: str = "lstm",
+    lr: float = 0.02,
+) -> tuple[CharLM, CharVocab]:
+    """A one-layer model (embed 16) fitted for ``steps`` Adam steps on random BOS-led windows of
+    ``corpus``, in eval mode. Logits row ``t`` predicts input ``t + 1`` in every architecture
+    (left-to-right and bidirectional alike), so one next-character loss trains them all."""
+    torch.manual_seed(seed)
+    vocab = CharVocab.from_text(corpus)
+    config = ModelConfig(
+        arch=arch, vocab_size=len(vocab), embed_size=16, hidden_size=hidden_size, num_layers=1
+    )
+    model = build_model(config)
+    data = torch.tensor(vocab.encode(corpus), dtype=torch.long)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    window, batch = 32, 16
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - window - 1, (batch,))
+        rows = torch.stack([data[s : s + window + 1] for s in starts.tolist()])  # (B, T+1)
+        inputs = torch.cat([torch.full((batch, 1), BOS_ID), rows[:, :-1]], dim=1)  # (B, T+1)
+        logits, _ = model(inputs, model.initial_state(batch))  # (B, T+1, V)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, len(vocab)), rows.reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return model, vocab
 
 
 def free_port() -> int:

@@ -9,39 +9,13 @@ from models.config import ModelConfig
 from models.infill import InfillError, infill_text, pll_score_texts
 from models.registry import build_model
 from models.vocab import BOS_ID, CharVocab
-
-
-def train_bilstm(text: str, steps: int = 250) -> tuple[torch.nn.Module, CharVocab]:
-    """A tiny bidirectional model trained with the shared next-character loss."""
-    torch.manual_seed(0)
-    vocab = CharVocab.from_text(text)
-    data = torch.from_numpy(vocab.encode_array(text)).long()
-    cfg = ModelConfig(
-        arch="bilstm", vocab_size=len(vocab), embed_size=16, hidden_size=48, num_layers=1
-    )
-    model = build_model(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        starts = torch.randint(0, len(data) - 41, (16,), generator=gen)
-        chunk = torch.stack([data[s : s + 41] for s in starts])
-        logits, _ = model(chunk[:, :-1])
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, len(vocab)), chunk[:, 1:].reshape(-1)
-        )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), vocab
+from tests.support import make_corpus, train_tiny_model
 
 
 @pytest.fixture(scope="module")
 def trained() -> tuple[torch.nn.Module, CharVocab]:
-    lines = []
-    for i in range(200):
-        word = ["alpha", "beta", "gamma", "delta"][i % 4]
-        lines.append(f"{word} {i % 7} {word[::-1]}.")
-    return train_bilstm("\n".join(lines) + "\n")
+    """A tiny bidirectional model trained with the shared next-character loss."""
+    return train_tiny_model(make_corpus(200), steps=250, arch="bilstm", lr=1e-2)
 
 
 def test_infill_beats_a_unigram_guess(trained) -> None:  # type: ignore[no-untyped-def]

@@ -17,46 +17,17 @@ from safetensors.torch import save_file
 from models.checkpoint import save_checkpoint
 from models.config import ModelConfig
 from models.registry import build_model
-from models.vocab import BOS_ID, CharVocab
-from tests.support import make_corpus
+from models.vocab import CharVocab
+from tests.support import make_corpus, train_tiny_model
 
 GOOD_MODEL = "tiny"
 
 
-def train_tiny_model(
-    corpus: str, steps: int = 60, hidden_size: int = 32, seed: int = 0
-) -> tuple[torch.nn.Module, CharVocab]:
-    """A one-layer LSTM fitted for ``steps`` Adam steps on random BOS-led windows (a second)."""
-    torch.manual_seed(seed)
-    vocab = CharVocab.from_text(corpus)
-    config = ModelConfig(
-        arch="lstm", vocab_size=len(vocab), embed_size=16, hidden_size=hidden_size, num_layers=1
-    )
-    model = build_model(config)
-    data = torch.tensor(vocab.encode(corpus), dtype=torch.long)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    window, batch = 32, 16
-    for _ in range(steps):
-        starts = torch.randint(0, len(data) - window - 1, (batch,))
-        rows = torch.stack([data[s : s + window + 1] for s in starts.tolist()])  # (B, T+1)
-        inputs = torch.cat([torch.full((batch, 1), BOS_ID), rows[:, :-1]], dim=1)  # (B, T+1)
-        targets = torch.cat([rows[:, :1], rows[:, 1:]], dim=1)  # (B, T+1)
-        logits, _ = model(inputs, model.initial_state(batch))  # (B, T+1, V)
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, len(vocab)), targets.reshape(-1)
-        )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    return model, vocab
-
-
 def write_good_model(folder: Path, name: str = GOOD_MODEL, steps: int = 60) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    model, vocab = train_tiny_model(make_corpus(), steps=steps)
+    model, vocab = train_tiny_model(make_corpus(), steps=steps, hidden_size=32)
     path = folder / f"{name}.safetensors"
-    save_checkpoint(path, model, vocab, training={"step": steps, "corpus": "generated"})  # type: ignore[arg-type]
+    save_checkpoint(path, model, vocab, training={"step": steps, "corpus": "generated"})
     return path
 
 

@@ -19,8 +19,7 @@ from safetensors.torch import load_file
 
 import models.files
 from models.checkpoint import load_checkpoint, save_checkpoint
-from tests.reliability.harness import train_tiny_model
-from tests.support import REPO
+from tests.support import REPO, train_tiny_model
 from training.report import MetricsLog, metrics_path
 from training.resume import resume_path
 
@@ -130,7 +129,7 @@ def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one(
     temporary file is left behind."""
     model, vocab = train_tiny_model("abcabc abc.\n" * 50, steps=5)
     path = tmp_path / "model.safetensors"
-    save_checkpoint(path, model, vocab, training={"step": 5})  # type: ignore[arg-type]
+    save_checkpoint(path, model, vocab, training={"step": 5})
     before = path.read_bytes()
 
     def full_disk(fd: int) -> None:
@@ -138,7 +137,7 @@ def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one(
 
     monkeypatch.setattr(models.files.os, "fsync", full_disk)
     with pytest.raises(OSError) as caught:
-        save_checkpoint(path, model, vocab, training={"step": 6})  # type: ignore[arg-type]
+        save_checkpoint(path, model, vocab, training={"step": 6})
     monkeypatch.undo()
     assert caught.value.errno == errno.ENOSPC
     assert caught.value.filename == str(path)
