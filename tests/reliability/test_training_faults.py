@@ -1,5 +1,6 @@
-"""Training faults: a SIGKILL at a random point, then ``--resume``; a disk that fills up while a
-checkpoint is written. Nothing saved before the fault is lost or damaged."""
+"""Training faults: a SIGKILL at a random step or in the middle of a save, then ``--resume``; a
+disk that fills up while a checkpoint is written. Nothing saved before the fault is lost or
+damaged."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,15 +19,46 @@ from safetensors.torch import load_file
 
 import models.files
 from models.checkpoint import load_checkpoint, save_checkpoint
-from tests.support import REPO, train_tiny_model
+from tests.support import REPO, make_corpus, train_tiny_model
 from training.report import MetricsLog, metrics_path
 from training.resume import resume_path
 
 MAX_STEPS = 40
+EVAL_INTERVAL = 5  # steps between saves
+
+# charlm-train in a process that SIGKILLs itself at a chosen point: after the train record of a
+# given step is logged, or at the given save once the new resume file is written under its
+# temporary name and before the rename. Where the kill lands does not depend on how fast the
+# machine trains.
+KILLED_RUN = """
+import os, signal, sys
+import models.files, training.report
+point, at = sys.argv[1], int(sys.argv[2])
+del sys.argv[1:3]
+if point == "step":
+    append = training.report.MetricsLog.append
+    def append_then_die(self, record):
+        append(self, record)
+        if record.get("kind") == "train" and int(record["step"]) == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    training.report.MetricsLog.append = append_then_die
+else:
+    replace, saves = os.replace, [0]
+    def replace_or_die(src, dst, *args, **kwargs):
+        if str(dst).endswith(".resume.safetensors"):
+            saves[0] += 1
+            if saves[0] == at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return replace(src, dst, *args, **kwargs)
+    models.files.os.replace = replace_or_die
+from training.cli import train_main
+sys.argv[0] = "charlm-train"
+raise SystemExit(train_main())
+"""
 
 
 def train_args(
-    corpus: Path, out: Path, cache: Path, steps: int = MAX_STEPS, eval_interval: int = 5
+    corpus: Path, out: Path, cache: Path, steps: int = MAX_STEPS, eval_interval: int = EVAL_INTERVAL
 ) -> list[str]:
     return [
         sys.executable, "-m", "training", "--data", str(corpus), "--out", str(out),
@@ -49,34 +80,27 @@ def run(args: list[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    path = tmp_path / "corpus.txt"
-    rng = random.Random(0)
-    words = ["alpha", "beta", "gamma", "delta", "epsilon"]
-    path.write_text(
-        "\n".join(" ".join(rng.choices(words, k=6)) for _ in range(400)), encoding="utf-8"
-    )
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text(make_corpus(400), encoding="utf-8")
     return path
 
 
-def kill_at_a_random_point(args: list[str], out: Path, rng: random.Random) -> int:
-    """Start training, wait until it has saved at least once, SIGKILL it a random moment later;
-    return the step the resume file held at the kill."""
-    process = subprocess.Popen(
-        args, cwd=REPO, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not resume_path(out).exists():
-            assert process.poll() is None, "training ended before its first save"
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.4))
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait(timeout=30)
-    return int(json.loads(_resume_info(out))["step"])
+@pytest.fixture(scope="module")
+def reference(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run no fault interrupts."""
+    folder = tmp_path_factory.mktemp("reference")
+    out = folder / "model.safetensors"
+    done = run(train_args(corpus, out, folder / "cache"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def run_killed(args: list[str], point: str, at: int) -> None:
+    """``args`` (a ``train_args`` command) killed by SIGKILL at ``point`` number ``at``."""
+    killed = run([sys.executable, "-c", KILLED_RUN, point, str(at), *args[3:]])
+    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-3000:])
 
 
 def _resume_info(out: Path) -> str:
@@ -97,17 +121,28 @@ def train_steps(out: Path) -> list[int]:
     return [int(r["step"]) for r in records if r.get("kind") == "train"]
 
 
+@pytest.mark.parametrize("point", ["step", "save"])
 def test_sigkill_then_resume_ends_exactly_as_an_uninterrupted_run(
-    corpus: Path, tmp_path: Path
+    point: str, corpus: Path, reference: Path, tmp_path: Path
 ) -> None:
-    reference = tmp_path / "reference" / "model.safetensors"
-    done = run(train_args(corpus, reference, tmp_path / "cache"))
-    assert done.returncode == 0, done.stderr[-3000:]
-
+    rng = random.Random(os.getpid())
+    saves = MAX_STEPS // EVAL_INTERVAL
+    # a step after the first save, or a save after the first one and before the last
+    at = (
+        rng.randint(EVAL_INTERVAL + 1, MAX_STEPS - 1)
+        if point == "step"
+        else rng.randint(2, saves - 1)
+    )
     killed = tmp_path / "killed" / "model.safetensors"
     args = train_args(corpus, killed, tmp_path / "cache")
-    saved_step = kill_at_a_random_point(args, killed, random.Random(os.getpid()))
-    assert 0 < saved_step < MAX_STEPS, "the kill came too late to test anything"
+    run_killed(args, point, at)
+    saved_step = int(json.loads(_resume_info(killed))["step"])
+    leftovers = [p.name for p in killed.parent.iterdir() if p.name.endswith(".tmp")]
+    if point == "step":
+        assert EVAL_INTERVAL <= saved_step <= at, (at, saved_step)
+    else:  # the resume file of the save before: the new one never replaced it
+        assert saved_step == (at - 1) * EVAL_INTERVAL, (at, saved_step)
+        assert len(leftovers) == 1 and leftovers[0].startswith(".model.resume.safetensors.")
     load_checkpoint(killed)  # what the kill left is whole: never a half-written file
     resumed = run([*args, "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
