@@ -128,26 +128,36 @@ def test_keys_never_reach_the_server_log_or_metrics(keyed_server: Server) -> Non
 
 
 @pytest.mark.parametrize(
-    "model",
+    ("model", "status", "path_code"),
     [
-        "../tiny",
-        "/etc/passwd",
-        "tiny.safetensors",
-        "tiny/../tiny",
-        "..",
-        "tiny\x00",
-        "~root",
-        "TINY",
-        "tiny ",
-        "models/tiny",
+        ("../tiny", 422, "not_found"),
+        ("/etc/passwd", 422, "not_found"),
+        ("tiny.safetensors", 404, "model_not_found"),
+        ("tiny/../tiny", 422, "not_found"),
+        ("..", 422, "not_found"),
+        ("tiny\x00", 422, "model_not_found"),
+        ("~root", 422, "model_not_found"),
+        ("TINY", 404, "model_not_found"),
+        ("tiny ", 422, "model_not_found"),
+        ("models/tiny", 422, "not_found"),
     ],
 )
-def test_model_ids_are_looked_up_never_joined_into_paths(secured: Any, model: str) -> None:
+def test_model_ids_are_looked_up_never_joined_into_paths(
+    secured: Any, model: str, status: int, path_code: str
+) -> None:
+    """In a body, an id outside the published pattern is a 422 on ``model``; one inside it that no
+    file provides is a 404 ``model_not_found``. In the path of ``/v1/models/{id}`` every one is a
+    404: ``model_not_found``, or ``not_found`` where a slash or a ``..`` segment makes the path
+    match no route at all."""
     headers = {"Authorization": f"Bearer {FILE_KEYS[0]}"}
     response = secured.post("/v1/score", json={"model": model, "texts": ["a"]}, headers=headers)
-    assert response.status_code in (404, 422), response.text
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == "model"
+    assert error["code"] == ("model_not_found" if status == 404 else "invalid_parameter")
     details = secured.get(f"/v1/models/{quote(model, safe='')}", headers=headers)
-    assert details.status_code in (404, 422), details.text
+    assert details.status_code == 404, details.text
+    assert details.json()["error"]["code"] == path_code
 
 
 def test_a_checkpoint_outside_the_folder_is_not_reachable(
@@ -157,9 +167,9 @@ def test_a_checkpoint_outside_the_folder_is_not_reachable(
     outside = models_folder.path.parent / "outside.safetensors"
     outside.write_bytes(models_folder.good.read_bytes())
     headers = {"Authorization": f"Bearer {FILE_KEYS[0]}"}
-    for model in ("outside", "../outside"):
+    for model, status in (("outside", 404), ("../outside", 422)):
         response = secured.post("/v1/score", json={"model": model, "texts": ["a"]}, headers=headers)
-        assert response.status_code in (404, 422)
+        assert response.status_code == status, response.text
     ids = [m["id"] for m in secured.get("/v1/models", headers=headers).json()["data"]]
     assert "outside" not in ids
 
