@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 
 from app.main import create_app
 from app.settings import Settings
+from models.checkpoint import load_checkpoint
+from models.vocab import UNK, UNK_ID, CharVocab
 from tests.reliability.conftest import ModelsFolder
 
 MAX_TEXT = 600
@@ -45,6 +47,12 @@ HYPOTHESIS = settings(
 
 
 @pytest.fixture(scope="module")
+def vocab(models_folder: ModelsFolder) -> CharVocab:
+    """The vocabulary of the model the client scores with (``tiny``)."""
+    return load_checkpoint(models_folder.good).vocab
+
+
+@pytest.fixture(scope="module")
 def client(models_folder: ModelsFolder) -> Iterator[Any]:
     settings_ = Settings(
         models_dir=models_folder.path,
@@ -62,7 +70,7 @@ def post(client: Any, path: str, body: dict[str, Any]) -> Any:
     return response
 
 
-def check_score(result: dict[str, Any], text: str, top_k: int) -> None:
+def check_score(result: dict[str, Any], text: str, top_k: int, vocab: CharVocab) -> None:
     n = len(text)
     assert result["num_chars"] == n
     logprob = result["logprob"]
@@ -81,11 +89,21 @@ def check_score(result: dict[str, Any], text: str, top_k: int) -> None:
     for entry in per_char:
         assert math.isfinite(entry["logprob"]) and entry["logprob"] <= 1e-6
         if top_k:
-            top = [t["logprob"] for t in entry["top"]]
-            assert len(top) == top_k and top == sorted(top, reverse=True)
-            assert top[0] >= entry["logprob"] - 1e-5 or entry["char"] not in {
-                t["char"] for t in entry["top"]
-            }
+            check_alternatives(entry, top_k, vocab)
+
+
+def check_alternatives(entry: dict[str, Any], top_k: int, vocab: CharVocab) -> None:
+    """The k likeliest characters, sorted; the scored character (``<unk>`` if the model does not
+    know it) is among them with its own logprob, or no likelier than the last of them."""
+    top = {t["char"]: t["logprob"] for t in entry["top"]}
+    values = [t["logprob"] for t in entry["top"]]
+    assert len(values) == len(top) == top_k and values == sorted(values, reverse=True)
+    assert values[0] >= entry["logprob"] - 1e-5  # nothing is likelier than the likeliest
+    name = UNK if vocab.encode(entry["char"]) == [UNK_ID] else entry["char"]
+    if name in top:
+        assert math.isclose(top[name], entry["logprob"], rel_tol=1e-5, abs_tol=1e-5)
+    else:
+        assert entry["logprob"] <= values[-1] + 1e-5, (entry, values)
 
 
 @HYPOTHESIS
@@ -95,7 +113,7 @@ def check_score(result: dict[str, Any], text: str, top_k: int) -> None:
     top_k=st.integers(0, 5),
 )
 def test_scoring_any_text_keeps_its_invariants(
-    client: Any, batch: list[str], context: str, top_k: int
+    client: Any, vocab: CharVocab, batch: list[str], context: str, top_k: int
 ) -> None:
     body = {"texts": batch, "context": context, "per_char": True, "top_k": top_k}
     response = post(client, "/v1/score", body)
@@ -103,7 +121,7 @@ def test_scoring_any_text_keeps_its_invariants(
     data = response.json()
     assert len(data["results"]) == len(batch)
     for text, result in zip(batch, data["results"], strict=True):
-        check_score(result, text, top_k)
+        check_score(result, text, top_k, vocab)
     assert data["usage"]["chars_scored"] == sum(len(t) for t in batch)
     assert data["usage"]["context_chars"] == len(context)
 
@@ -122,13 +140,13 @@ def test_a_text_scores_the_same_alone_and_in_a_batch(client: Any, text: str, con
     )
 
 
-def test_empty_and_maximum_length_texts(client: Any) -> None:
+def test_empty_and_maximum_length_texts(client: Any, vocab: CharVocab) -> None:
     longest = ("gamma 3 ammag.\n" * MAX_TEXT)[:MAX_TEXT]
     data = post(
         client, "/v1/score", {"texts": ["", longest], "context": longest, "per_char": True}
     ).json()
-    check_score(data["results"][0], "", 0)
-    check_score(data["results"][1], longest, 0)
+    check_score(data["results"][0], "", 0, vocab)
+    check_score(data["results"][1], longest, 0, vocab)
     over = post(client, "/v1/score", {"texts": [longest + "x"]})
     assert over.status_code == 413 and over.json()["error"]["param"] == "texts.0"
     generated = post(client, "/v1/generate", {"prompt": longest, "max_chars": MAX_NEW})
