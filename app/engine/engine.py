@@ -163,7 +163,7 @@ class ModelEngine:
         """Score each text after ``context`` (see ``models.scoring``), batched with others."""
         loop = asyncio.get_running_loop()
         request = ScoreRequest(list(texts), context, top_k, loop, loop.create_future())
-        return await self._outcome(request, self._scheduler.submit_score, "scoring")
+        return await self._outcome(request, "scoring")
 
     async def score_pll(
         self, texts: Sequence[str], context: str = "", top_k: int = 0
@@ -184,17 +184,12 @@ class ModelEngine:
         refused when the queue is full) like every other request; its errors raise here."""
         loop = asyncio.get_running_loop()
         request = CallRequest(fn, loop, loop.create_future())
-        return cast(T, await self._outcome(request, self._scheduler.submit_call, "the request"))
+        return cast(T, await self._outcome(request, "the request"))
 
-    async def _outcome(
-        self,
-        request: ScoreRequest | CallRequest,
-        submit: Callable[[Any], None],
-        what: str,
-    ) -> Any:
+    async def _outcome(self, request: ScoreRequest | CallRequest, what: str) -> Any:
         """Queue ``request`` and wait for its result, at most ``request_timeout_s``."""
         try:
-            submit(request)
+            self._scheduler.submit([request])
         finally:
             self._submitted()
         future = request.future
@@ -251,7 +246,7 @@ class ModelEngine:
             for seed in seeds
         ]
         try:
-            self._scheduler.submit_generations(requests)
+            self._scheduler.submit(requests)
         finally:
             self._submitted()
         running = set(range(len(requests)))

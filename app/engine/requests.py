@@ -1,4 +1,5 @@
-"""The engine's requests as the scheduler sees them, and the hand-off of text to the event loop.
+"""The engine's requests as the scheduler sees them, the queue they wait in, and the hand-off of
+text to the event loop.
 
 A generation request belongs to the event loop until the scheduler takes it, then its row belongs
 to the worker thread; the only things both sides touch are the ``Mailbox`` (under its own lock),
@@ -12,6 +13,7 @@ import asyncio
 import enum
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,3 +213,52 @@ class ScoreRequest:
     cancelled: bool = False
     results: list[TextScore | None] = field(default_factory=list)
     remaining: int = 0
+
+
+Request = GenerationRequest | ScoreRequest | CallRequest
+
+
+class RequestQueue:
+    """The requests waiting for the worker, by kind, in arrival order. Not thread-safe: the
+    scheduler reads and changes it under its own lock."""
+
+    def __init__(self, max_queue: int) -> None:
+        self.max_queue = max_queue
+        self.generations: deque[GenerationRequest] = deque()
+        self.scorings: deque[ScoreRequest] = deque()
+        self.calls: deque[CallRequest] = deque()
+
+    def __len__(self) -> int:
+        return len(self.generations) + len(self.scorings) + len(self.calls)
+
+    def room(self, free_rows: int) -> int:
+        """Requests that could be taken now: free queue places plus free rows (those of
+        completions; texts to score have as many rows of their own). Requests queued beyond the
+        free rows take queue places, so the queue never holds more than ``max_queue`` of them."""
+        return max(0, self.max_queue + max(0, free_rows) - len(self))
+
+    def add(self, request: Request) -> None:
+        self._deque_of(request).append(request)
+
+    def withdraw(self, request: Request) -> bool:
+        """Take a request out if it is still waiting (True); one already running is left alone
+        (False)."""
+        if request.phase is not Phase.QUEUED:
+            return False
+        request.cancelled = True
+        request.phase = Phase.DONE
+        self._deque_of(request).remove(request)
+        return True
+
+    def drain(self) -> tuple[list[GenerationRequest], list[ScoreRequest], list[CallRequest]]:
+        """Everything waiting, taken out."""
+        taken = list(self.generations), list(self.scorings), list(self.calls)
+        self.generations.clear()
+        self.scorings.clear()
+        self.calls.clear()
+        return taken
+
+    def _deque_of(self, request: Request) -> deque[Any]:
+        if isinstance(request, GenerationRequest):
+            return self.generations
+        return self.scorings if isinstance(request, ScoreRequest) else self.calls

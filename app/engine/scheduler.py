@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 
 import torch
@@ -32,7 +31,7 @@ from app.engine.batching import DecodeBatch, advance_prompts, use_onednn
 from app.engine.errors import EngineClosedError, EngineError, QueueFullError
 from app.engine.params import FinishReason
 from app.engine.publisher import Publisher, settle
-from app.engine.requests import CallRequest, GenerationRequest, Phase, ScoreRequest
+from app.engine.requests import GenerationRequest, Phase, Request, RequestQueue
 from app.engine.scoring import ScoreRounds, fail_scorings
 from app.engine.stats import EngineCounters
 from models.base import CharLM
@@ -59,9 +58,7 @@ class Scheduler:
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.prompt_chunk = prompt_chunk
         self._cond = threading.Condition()
-        self._generations: deque[GenerationRequest] = deque()
-        self._scorings: deque[ScoreRequest] = deque()
-        self._calls: deque[CallRequest] = deque()
+        self._queue = RequestQueue(max_queue)
         self._closed = True
         self._abort = False
         self._thread: threading.Thread | None = None
@@ -100,15 +97,12 @@ class Scheduler:
             thread.join()
         self._thread = None
 
-    def _queued(self) -> int:
-        return len(self._generations) + len(self._scorings) + len(self._calls)
+    def _free_rows(self) -> int:
+        return self.max_batch_size - len(self._batch.rows) - len(self._prompting)
 
     def room(self) -> int:
-        """Requests that could be taken now: free queue places plus free rows (those of
-        completions; texts to score have as many rows of their own). Requests queued beyond the
-        free rows take queue places, so the queue never holds more than ``max_queue`` of them."""
-        free_rows = self.max_batch_size - len(self._batch.rows) - len(self._prompting)
-        return max(0, self.max_queue + max(0, free_rows) - self._queued())
+        """Requests that could be taken now (``RequestQueue.room``)."""
+        return self._queue.room(self._free_rows())
 
     def queue_full(self, pending: int = 0) -> QueueFullError | None:
         """The refusal one more request would get now (not counted), or None while ``room()``
@@ -117,84 +111,54 @@ class Scheduler:
         round runs fills the free rows and the queue, not the queue alone."""
         if self.room() > pending:
             return None
-        waiting = self._queued() + pending
+        waiting = len(self._queue) + pending
         busy = waiting / self.max_batch_size + 1
         retry = min(60.0, max(1.0, busy * self.counters.mean_request_s))
         return QueueFullError(retry, f"{waiting} requests are waiting; retry later")
 
-    def _admit(self) -> None:
-        if self._closed:
-            self.counters.reject("closed")
-            raise EngineClosedError("the model is shutting down")
-        refusal = self.queue_full()
-        if refusal is not None:
-            self.counters.reject("queue_full")
-            raise refusal
-
-    def submit_generations(self, requests: Sequence[GenerationRequest]) -> None:
-        """Queue the completions of one request: all of them, or none (the refusal raises)."""
+    def submit(self, requests: Sequence[Request]) -> None:
+        """Queue requests (the completions of one request, or a single one): all of them, or
+        none, refused with ``EngineClosedError`` or ``QueueFullError``."""
         with self._cond:
             for i, request in enumerate(requests):
-                try:
-                    self._admit()
-                except EngineError:
-                    for queued in requests[:i]:
-                        self.withdraw(queued)
-                    raise
-                self._generations.append(request)
+                if self._closed:
+                    self.counters.reject("closed")
+                    error: EngineError = EngineClosedError("the model is shutting down")
+                else:
+                    refusal = self.queue_full()
+                    if refusal is None:
+                        self._queue.add(request)
+                        continue
+                    self.counters.reject("queue_full")
+                    error = refusal
+                for queued in requests[:i]:
+                    self._queue.withdraw(queued)
+                raise error
             self._cond.notify()
 
-    def submit_score(self, request: ScoreRequest) -> None:
-        with self._cond:
-            self._admit()
-            self._scorings.append(request)
-            self._cond.notify()
-
-    def submit_call(self, request: CallRequest) -> None:
-        with self._cond:
-            self._admit()
-            self._calls.append(request)
-            self._cond.notify()
-
-    def cancel(self, request: GenerationRequest | ScoreRequest | CallRequest) -> None:
+    def cancel(self, request: Request) -> None:
         """Forget a request (its client is gone): out of the queue, or out of the batch at the
         next step."""
         with self._cond:
             request.cancelled = True
-            self.withdraw(request)
+            self._queue.withdraw(request)
 
-    def withdraw(self, request: GenerationRequest | ScoreRequest | CallRequest) -> bool:
+    def withdraw(self, request: Request) -> bool:
         """Take a request out of the queue if it is still there (True); one already running is
         left alone (False)."""
         with self._cond:
-            if request.phase is not Phase.QUEUED:
-                return False
-            request.cancelled = True
-            request.phase = Phase.DONE
-            if isinstance(request, GenerationRequest):
-                self._generations.remove(request)
-            elif isinstance(request, ScoreRequest):
-                self._scorings.remove(request)
-            else:
-                self._calls.remove(request)
-            return True
+            return self._queue.withdraw(request)
 
     def counts(self) -> tuple[int, int, int, int]:
         """Queued completions, scoring requests and calls; rows generating or reading a prompt."""
         with self._cond:
+            queue = self._queue
             running = len(self._batch.rows) + len(self._prompting)
-            return len(self._generations), len(self._scorings), len(self._calls), running
+            return len(queue.generations), len(queue.scorings), len(queue.calls), running
 
     def busy(self) -> bool:
         with self._cond:
-            return bool(
-                self._generations
-                or self._scorings
-                or self._calls
-                or self._batch.rows
-                or self._prompting
-                or self._scoring.busy()
-            )
+            return bool(self._queue or self._batch.rows or self._prompting or self._scoring.busy())
 
     # ------------------------------------------------------------------ worker thread
     def _run(self) -> None:
@@ -220,16 +184,15 @@ class Scheduler:
             while True:
                 if self._abort:
                     return False
-                free = self.max_batch_size - len(self._batch.rows) - len(self._prompting)
-                while free > 0 and self._generations:
-                    request = self._generations.popleft()
+                free = self._free_rows()
+                while free > 0 and self._queue.generations:
+                    request = self._queue.generations.popleft()
                     request.phase = Phase.RUNNING
                     self._prompting.append(request)
                     free -= 1
-                self._scoring.take(self._scorings)
-                busy = bool(
-                    self._batch.rows or self._prompting or self._scoring.busy() or self._calls
-                )
+                self._scoring.take(self._queue.scorings)
+                calls = self._queue.calls
+                busy = bool(self._batch.rows or self._prompting or self._scoring.busy() or calls)
                 if busy:
                     return True
                 self._publish(force=True)
@@ -241,7 +204,7 @@ class Scheduler:
         if self._scoring.has_rows():
             use_onednn(self._onednn_default)
             self._scoring.advance()
-        if self._calls:
+        if self._queue.calls:
             use_onednn(self._onednn_default)
             self._call()
         if self._prompting:
@@ -287,12 +250,7 @@ class Scheduler:
                 keep.append(i)
                 if shown:
                     self._publisher.deliver(request, shown)
-        with self.counters.lock:
-            self.counters.steps += 1
-            self.counters.chars_generated += generated
-            self.counters.batch_size.observe(len(rows))
-            for seconds in first_chars:
-                self.counters.ttfc.observe(seconds)
+        self.counters.step_done(len(rows), generated, first_chars)
         if len(keep) < len(rows):
             with self._cond:
                 batch.keep(keep)
@@ -304,9 +262,9 @@ class Scheduler:
     def _call(self) -> None:
         """Run the next queued call whole; its error goes to its caller, not to the round."""
         with self._cond:
-            if not self._calls:
+            if not self._queue.calls:
                 return
-            request = self._calls.popleft()
+            request = self._queue.calls.popleft()
             request.phase = Phase.RUNNING
         try:
             result = request.fn(self.model, self.vocab)
@@ -339,14 +297,16 @@ class Scheduler:
         if reason is not None:
             self._publisher.deliver(request, text, reason)
             self._publisher.urgent = True
-        with self.counters.lock:
-            self.counters.finished["cancelled" if reason is None else reason.value] += 1
-            self.counters.chars_generated += len(text) - len(shown)
-            self.counters.request_done(now - request.admitted_at)
-            chars = len(request.text.chars)
-            if request.first_char_at is not None and chars > 1:
-                per_char = (request.last_char_at - request.first_char_at) / (chars - 1)
-                self.counters.time_per_char.observe(per_char)
+        per_char = None
+        chars = len(request.text.chars)
+        if request.first_char_at is not None and chars > 1:
+            per_char = (request.last_char_at - request.first_char_at) / (chars - 1)
+        self.counters.completion_done(
+            "cancelled" if reason is None else reason.value,
+            len(text) - len(shown),
+            now - request.admitted_at,
+            per_char,
+        )
 
     def _publish(self, force: bool = False) -> None:
         """Hand what is ready to the event loops (see ``app.engine.publisher``)."""
@@ -373,12 +333,7 @@ class Scheduler:
     def _end_queued(self) -> None:
         """Refuse what never started: the engine is closing (``EngineClosedError``)."""
         with self._cond:
-            generations = list(self._generations)
-            self._generations.clear()
-            scorings = list(self._scorings)
-            self._scorings.clear()
-            calls = list(self._calls)
-            self._calls.clear()
+            generations, scorings, calls = self._queue.drain()
         closed = EngineClosedError("the model shut down before the request started")
         for request in generations:
             request.phase = Phase.DONE

@@ -79,6 +79,29 @@ class EngineCounters:
         """Called under ``lock``."""
         self.mean_request_s += 0.1 * (seconds - self.mean_request_s)
 
+    def step_done(self, rows: int, chars: int, first_chars: list[float]) -> None:
+        """A decode step of ``rows`` rows showed ``chars`` new characters; ``first_chars``: the
+        seconds to their first character of the rows that began."""
+        with self.lock:
+            self.steps += 1
+            self.chars_generated += chars
+            self.batch_size.observe(rows)
+            for seconds in first_chars:
+                self.ttfc.observe(seconds)
+
+    def completion_done(
+        self, reason: str, chars: int, seconds: float, per_char: float | None
+    ) -> None:
+        """A completion ended (``reason``: its finish reason, or ``cancelled``) after
+        ``seconds`` in the engine, showing ``chars`` more characters at its end;
+        ``per_char``: seconds per character after its first, when it has more than one."""
+        with self.lock:
+            self.finished[reason] += 1
+            self.chars_generated += chars
+            self.request_done(seconds)
+            if per_char is not None:
+                self.time_per_char.observe(per_char)
+
     def stats(
         self, queued: dict[str, int], running: int, limits: dict[str, int]
     ) -> dict[str, float]:
