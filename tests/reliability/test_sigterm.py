@@ -17,7 +17,9 @@ from tests.reliability.conftest import ModelsFolder
 from tests.support import start_server
 
 GRACE_S = 1.0
-LONG = 200_000  # characters: far more than the grace period lets a loaded server generate
+# characters: at a microsecond per character (far faster than any decode step) still 10 s, so no
+# engine finishes these within the grace period, however fast the machine
+LONG = 10_000_000
 
 
 async def stream(client: httpx.AsyncClient, started: asyncio.Event, n: int) -> dict[str, Any]:
