@@ -121,6 +121,7 @@ def train_steps(out: Path) -> list[int]:
     return [int(r["step"]) for r in records if r.get("kind") == "train"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["step", "save"])
 def test_sigkill_then_resume_ends_exactly_as_an_uninterrupted_run(
     point: str, corpus: Path, reference: Path, tmp_path: Path
@@ -193,6 +194,7 @@ def _mount_tmpfs(folder: Path, kib: int) -> bool:
     return result.returncode == 0
 
 
+@pytest.mark.slow
 def test_training_on_a_disk_that_fills_up_stops_clearly_and_resumes(
     corpus: Path, tmp_path: Path
 ) -> None:

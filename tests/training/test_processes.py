@@ -34,6 +34,7 @@ def _train_args(corpus_file: Path, out: Path, cache_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_resume_state_and_exits_cleanly(
     tmp_path: Path, corpus_file: Path, cache_dir: Path, signum: int
@@ -66,6 +67,7 @@ def test_signal_saves_resume_state_and_exits_cleanly(
     assert load_checkpoint(out).training["step"] >= 20
 
 
+@pytest.mark.slow
 def test_two_process_ddp_run_writes_one_checkpoint(
     tmp_path: Path, corpus_file: Path, cache_dir: Path
 ) -> None:
