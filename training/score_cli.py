@@ -109,7 +109,7 @@ def score_main(argv: list[str] | None = None) -> int:
             outputs = [Path(args.output)]
     except (CheckpointError, InputError, ResumeError, UsageError, ValueError, OSError) as exc:
         p.exit(2, f"charlm-score: error: {exc}\n")
-    print(_summary(stats, args), file=sys.stderr)
+    print(_summary(stats), file=sys.stderr)
     if args.stats:
         Path(args.stats).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     if args.plot:
@@ -174,7 +174,8 @@ def _run_local(args: argparse.Namespace, fmt: RecordFormat, settings: ScoreSetti
         progress.close()
         output.close()
         errors.close()
-    return {**totals.as_dict(), "output": args.output, "errors_file": errors_path}
+    stats = {**totals.as_dict(), "output": args.output, "errors_file": errors_path}
+    return {**stats, "resumed_after": after} if args.resume else stats
 
 
 def _skip_to_start(source: RecordSource) -> RecordSource:
@@ -186,7 +187,7 @@ def _skip_to_start(source: RecordSource) -> RecordSource:
     return source
 
 
-def _summary(stats: dict[str, Any], args: argparse.Namespace) -> str:
+def _summary(stats: dict[str, Any]) -> str:
     line = (
         f"charlm-score: {stats['records']:,} records scored ({stats['chars']:,} characters)"
         f" in {stats['seconds']:.1f} s, {stats['chars_per_s']:,.0f} chars/s"
