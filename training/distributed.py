@@ -1,8 +1,12 @@
 """Process layout: device choice, thread count, and DistributedDataParallel set-up under torchrun.
 
-``torchrun --nproc-per-node N -m training ...`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
-``LOCAL_WORLD_SIZE``; each rank then trains its own streams and only rank 0 writes files. The
-backend is gloo on CPU and NCCL on CUDA.
+``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE`` in every
+process it starts, on one machine (``--nproc-per-node N``) or on several (``--nnodes M``, one
+torchrun per machine meeting at a ``--rdzv-endpoint``); each rank then trains its own streams and
+only rank 0 writes files. The backend is gloo on CPU and NCCL on CUDA.
+
+A run saved with one number of processes resumes on another as long as that number divides the
+run's streams (``batch_size`` x ``world_size``, the global batch): see ``resumed_batch_size``.
 """
 
 from __future__ import annotations
@@ -77,9 +81,30 @@ def choose_num_threads(local_world_size: int = 1) -> int:
     return threads
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun started for this run (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def resumed_batch_size(batch_size: int, saved_world_size: int, world_size: int) -> int:
+    """The per-process batch that keeps a saved run's global batch on ``world_size`` processes.
+
+    The run's ``batch_size * saved_world_size`` streams are its data layout (``training.batches``):
+    they stay, and are shared out anew. ``ValueError`` when they cannot be shared out evenly.
+    """
+    streams = batch_size * saved_world_size
+    if streams % world_size:
+        raise ValueError(
+            f"the run trains {streams} streams ({batch_size} per process x {saved_world_size}"
+            f" processes), which {world_size} processes cannot share evenly; resume it on a"
+            f" number of processes that divides {streams}"
+        )
+    return streams // world_size
+
+
 def setup(device_name: str) -> DistContext:
     """Read the torchrun environment (if any), join the process group and set threads."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
@@ -106,6 +131,15 @@ def any_rank(flag: bool, context: DistContext) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=context.device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
+
+
+def mean_over_ranks(value: torch.Tensor, context: DistContext) -> torch.Tensor:
+    """The mean of ``value`` over every rank (a new tensor; every rank must call)."""
+    if not context.enabled:
+        return value.clone()
+    total = value.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / context.world_size
 
 
 def broadcast_float(value: float, context: DistContext) -> float:

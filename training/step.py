@@ -43,20 +43,39 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
     return config.lr * warm * cosine
 
 
-def restart_some_streams(inputs: Tensor, state: State, chance: float) -> tuple[Tensor, State]:
-    """Restart each stream with probability ``chance``: zero state, ``BOS_ID`` as first input.
+#: a fixed word in the key of the restart draws, which keeps them apart from other draws seeded
+#: with the run's seed (the batcher's epoch offsets use ``(seed, epoch)``)
+_RESTART_DRAWS = 0x5E57A27
+
+
+def restart_mask(chance: float, seed: int, step: int, num_streams: int) -> Tensor:
+    """Which of the run's ``num_streams`` streams (every rank's) restart at ``step``: (N,) bool.
+
+    The draw depends on the seed and the step only, never on the process layout or on the global
+    random state: two processes of B streams restart the same streams as one process of 2B, and
+    a resumed run (on any number of processes) restarts the rows the uninterrupted one would.
+    """
+    rng = np.random.default_rng([seed % 2**63, step, _RESTART_DRAWS])
+    return torch.from_numpy(rng.random(num_streams) < chance)
+
+
+def restart_some_streams(inputs: Tensor, state: State, restart: Tensor) -> tuple[Tensor, State]:
+    """Restart the rows where ``restart`` (B,) is true: zero state, ``BOS_ID`` as first input.
 
     A restarted row's chunk then trains what scoring and sampling do from their first step
-    (read ``BOS_ID`` from the initial state, predict the first character). The draw uses the
-    global CPU generator, which the step's state saves, so a resumed run restarts the same rows.
+    (read ``BOS_ID`` from the initial state, predict the first character).
     """
-    restart = torch.rand(inputs.shape[0]) < chance  # (B,)
     if not bool(restart.any()):
         return inputs, state
     inputs = inputs.clone()
     inputs[restart, 0] = BOS_ID
     keep = (~restart).to(state[0].device)
     return inputs, tuple(s * keep.view(-1, *([1] * (s.dim() - 1))).to(s.dtype) for s in state)
+
+
+def resumed_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of rank ``rank``'s random state when a run resumes at ``step`` on a new layout."""
+    return int(np.random.default_rng([seed % 2**63, rank, step]).integers(2**63))
 
 
 def make_optimizer(
@@ -144,7 +163,11 @@ class Stepper:
             self.state = self.model.initial_state(self.config.batch_size, self.device)
             self.train_step.reset_streams()
         elif self.config.state_reset and self.config.algorithm == "bptt":
-            inputs, self.state = restart_some_streams(inputs, self.state, self.config.state_reset)
+            b = self.config.batch_size
+            restart = restart_mask(
+                self.config.state_reset, self.config.seed, self.step, b * self.ctx.world_size
+            )[self.ctx.rank * b : (self.ctx.rank + 1) * b]  # this rank's rows (B,)
+            inputs, self.state = restart_some_streams(inputs, self.state, restart)
         lr = learning_rate(self.config, self.step, self.progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -167,7 +190,9 @@ class Stepper:
         """Mean loss, rate and speed of the steps since the last call (``None``: no step)."""
         if not self._interval_steps:
             return None
-        loss = float(self._interval_loss.item()) / self._interval_steps
+        # every rank's streams: the figure of the whole batch, as one process would report it
+        total = distributed.mean_over_ranks(self._interval_loss, self.ctx)
+        loss = float(total.item()) / self._interval_steps
         chars = self._interval_steps * self.chars_per_step
         figures = {
             "train_loss": loss,
@@ -206,7 +231,15 @@ class Stepper:
         )
 
     def load_state_dict(self, saved: ResumeState) -> None:
-        """Continue from ``saved``; this rank takes its own streams and random state."""
+        """Continue from ``saved``; this rank takes its own streams and random state.
+
+        The saved run may have had another number of processes, as long as it trained as many
+        streams in all (``Trainer.load_state_dict`` checks): stream ``i`` of the run is row ``i``
+        of the carried state whatever the layout, the data position and the optimizer state are
+        the same on every rank, and the weights are one copy. Only the per-rank random state
+        (dropout) has no counterpart in another layout: each rank then starts a fresh one from
+        the seed, its rank and the step.
+        """
         self.model.load_state_dict(saved.model, strict=True)
         self.optimizer.load_state_dict(saved.optimizer)
         b = self.config.batch_size
@@ -215,9 +248,13 @@ class Stepper:
         self.train_step.restore_carried(
             {name: t.to(self.device) for name, t in saved.algorithm.items()}
         )
-        torch.set_rng_state(saved.rng["torch"][self.ctx.rank].clone())
-        if "cuda" in saved.rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(saved.rng["cuda"][self.ctx.rank].clone(), self.device)
+        step = int(saved.info["step"])
+        if saved.rng["torch"].shape[0] == self.ctx.world_size:  # the same layout: exact
+            torch.set_rng_state(saved.rng["torch"][self.ctx.rank].clone())
+            if "cuda" in saved.rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(saved.rng["cuda"][self.ctx.rank].clone(), self.device)
+        else:
+            torch.manual_seed(resumed_seed(self.config.seed, self.ctx.rank, step))
         self.batcher.load_state_dict(saved.info["position"])
-        self.step = int(saved.info["step"])
+        self.step = step
         self.train_seconds = float(saved.info["train_seconds"])

@@ -9,7 +9,7 @@ import torch
 
 from models.vocab import BOS_ID
 from training.config import TrainConfig
-from training.step import learning_rate, restart_some_streams
+from training.step import learning_rate, restart_mask, restart_some_streams
 
 
 def test_schedule_warms_up_then_decays_to_floor() -> None:
@@ -23,7 +23,7 @@ def test_restarted_streams_begin_from_zero_state_and_bos() -> None:
     torch.manual_seed(3)
     inputs = torch.randint(2, 9, (64, 5))
     state = (torch.ones(64, 1, 4), torch.full((64, 1, 4), 2.0))
-    new_inputs, new_state = restart_some_streams(inputs, state, 0.25)
+    new_inputs, new_state = restart_some_streams(inputs, state, restart_mask(0.25, 3, 0, 64))
     restarted = new_inputs[:, 0] == BOS_ID
     assert 0 < int(restarted.sum()) < 64  # some rows, not all
     assert torch.equal(new_inputs[:, 1:], inputs[:, 1:])  # only the first input changes
@@ -37,8 +37,21 @@ def test_restarted_streams_begin_from_zero_state_and_bos() -> None:
 def test_no_restart_at_zero_chance() -> None:
     inputs = torch.randint(2, 9, (16, 3))
     state = (torch.ones(16, 1, 2),)
-    new_inputs, new_state = restart_some_streams(inputs, state, 0.0)
+    new_inputs, new_state = restart_some_streams(inputs, state, restart_mask(0.0, 3, 0, 16))
     assert new_inputs is inputs and new_state is state
+
+
+def test_restart_draws_depend_on_seed_and_step_only() -> None:
+    torch.manual_seed(0)
+    first = restart_mask(0.1, 7, 40, 4096)
+    torch.manual_seed(1)  # the global random state plays no part
+    assert torch.equal(restart_mask(0.1, 7, 40, 4096), first)
+    assert not torch.equal(restart_mask(0.1, 7, 41, 4096), first)
+    assert not torch.equal(restart_mask(0.1, 8, 40, 4096), first)
+    assert 0.07 < float(first.float().mean()) < 0.13
+    # the first rows of a wider draw are the narrower draw: rank r's rows of one layout are
+    # the same streams' draws in any other
+    assert torch.equal(restart_mask(0.1, 7, 40, 8), first[:8])
 
 
 def test_stepper_state_round_trips_and_continues_identically(tiny_corpus: str) -> None:
