@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint
-from models.sampling import SamplingParams, generate, make_generator
+from models.sampling import SamplingParams, generate, random_seed
 from models.scoring import bits_per_char
 from training import distributed
 from training.batches import StreamError
@@ -132,10 +132,22 @@ def build_train_config(args: dict[str, Any]) -> TrainConfig:
 
 
 def resumed_config(
-    saved: dict[str, Any], explicit: TrainConfig, args: dict[str, Any]
+    saved: dict[str, Any],
+    explicit: TrainConfig,
+    args: dict[str, Any],
+    *,
+    saved_world_size: int = 1,
+    world_size: int = 1,
 ) -> TrainConfig:
-    """The saved config, with the budget and reporting flags given now; others must agree."""
+    """The saved config, with the budget and reporting flags given now; others must agree.
+
+    On another number of processes than the run had, the per-process batch is the one that
+    keeps the run's global batch (``distributed.resumed_batch_size``).
+    """
     config = TrainConfig.from_dict(saved)
+    if world_size != saved_world_size:
+        batch_size = distributed.resumed_batch_size(config.batch_size, saved_world_size, world_size)
+        config = config.replace(batch_size=batch_size)
     given = {k for k in args if k not in _DATA_FLAGS}
     changes = {k: getattr(explicit, k) for k in given & RESUMABLE}
     if "max_time" in given and "max_steps" not in given:
@@ -159,7 +171,13 @@ def train_main(argv: list[str] | None = None) -> int:
         config = build_train_config(args)
         if args.get("resume"):
             saved = load_resume(resume_path(out))
-            config = resumed_config(saved.info["train_config"], config, args)
+            config = resumed_config(
+                saved.info["train_config"],
+                config,
+                args,
+                saved_world_size=int(saved.info["world_size"]),
+                world_size=distributed.launched_world_size(),
+            )
         context = distributed.setup(config.device)
     except (ValueError, ResumeError) as exc:
         parser.error(str(exc))
@@ -299,7 +317,7 @@ def sample_main(argv: list[str] | None = None) -> int:
         params = SamplingParams(args.temperature, args.top_k, args.top_p)
         device = distributed.choose_device(args.device)
         loaded = load_checkpoint(args.checkpoint, device=device)
-        seed = args.seed if args.seed is not None else make_generator(None)[1]
+        seed = args.seed if args.seed is not None else random_seed()
         (gen,) = generate(loaded.model, loaded.vocab, args.prompt, args.length, params, seed)
     except (CheckpointError, ValueError) as exc:
         p.exit(2, f"charlm-sample: error: {exc}\n")

@@ -263,9 +263,14 @@ class Trainer:
             raise ResumeError("the training data differ from the data the run started with")
         if info["vocab"] != self.corpus.vocab.to_dict():
             raise ResumeError("the vocabulary differs from the one the run started with")
-        if info["world_size"] != self.ctx.world_size:
+        # any number of processes, as long as they train the run's streams (its global batch)
+        streams = int(info["world_size"]) * int(info["train_config"]["batch_size"])
+        if streams != self.ctx.world_size * self.config.batch_size:
             raise ResumeError(
-                f"the run used {info['world_size']} processes; resume it with the same number"
+                f"the run trained {streams} streams ({info['train_config']['batch_size']} per"
+                f" process x {info['world_size']} processes); resume it with a batch size per"
+                f" process x processes of {streams}, not {self.config.batch_size} x"
+                f" {self.ctx.world_size}"
             )
         self.stepper.load_state_dict(saved)
         self.best_val = math.inf if info["best_val"] is None else float(info["best_val"])

@@ -172,8 +172,8 @@ def test_load_state_dict_refuses_another_layout(
     corpus = load_corpus([str(corpus_file)], cache_dir=cache_dir)
     trainer = Trainer(tiny_config(max_steps=3), corpus, None)
     state = trainer.state_dict()
-    state.info["world_size"] = 2
-    with pytest.raises(ResumeError, match="the run used 2 processes"):
+    state.info["world_size"] = 2  # 2 x 4 streams: another global batch than 1 x 4
+    with pytest.raises(ResumeError, match=r"the run trained 8 streams \(4 per process x 2"):
         trainer.load_state_dict(state)
     with pytest.raises(ResumeError, match="needs the checkpoint path"):
         Trainer(tiny_config(max_steps=3), corpus, None, resume=True)
