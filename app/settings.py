@@ -65,6 +65,18 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         default=10.0, ge=0, description="time to finish requests on stop"
     )
+    shutdown_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="on SIGTERM, seconds to go on serving while /ready answers 503 (draining)"
+        " before the listener closes, so load balancers stop sending requests first",
+    )
+    reload_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="seconds between checks of the models folder for new, changed and removed"
+        " checkpoints; 0: only at start and on POST /v1/models/reload",
+    )
 
     # access
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(

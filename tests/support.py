@@ -6,6 +6,7 @@ Every server listens on 127.0.0.1 on a free port; nothing is downloaded.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import httpx
 import torch
 
 from models.base import CharLM
+from models.checkpoint import save_checkpoint
 from models.config import ModelConfig
 from models.registry import build_model
 from models.vocab import BOS_ID, CharVocab
@@ -127,3 +129,15 @@ def stop_server(server: LiveServer, timeout_s: float = 20.0) -> int:
     except subprocess.TimeoutExpired:
         server.process.kill()
         return server.process.wait(timeout=10)
+
+
+def write_random_checkpoint(path: Path, alphabet: str, seed: int = 0) -> str:
+    """A tiny random-weight LSTM over ``alphabet`` saved (atomically) at ``path``; returns the
+    file's SHA-256. Models over different alphabets have different vocabulary sizes."""
+    torch.manual_seed(seed)
+    vocab = CharVocab.from_text(alphabet)
+    config = ModelConfig(
+        arch="lstm", vocab_size=len(vocab), embed_size=8, hidden_size=16, num_layers=1
+    )
+    save_checkpoint(path, build_model(config), vocab)
+    return hashlib.sha256(path.read_bytes()).hexdigest()

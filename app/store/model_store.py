@@ -1,0 +1,362 @@
+"""The models a server holds, kept in step with its models folder while it runs.
+
+A check of the folder (every ``reload_interval_s`` seconds, and on ``reload()``) compares each
+checkpoint file with the version serving: a new file is loaded and serves; a changed one is
+loaded beside the old version, takes the model's new requests once ready, and the old version
+finishes the requests it holds before its engine is stopped and its memory freed; a removed
+file's model disappears the same way. A file that cannot be loaded never replaces a version that
+serves: it is listed (``ModelEntry.update``) with its reason until a good file takes its place.
+Loading runs in a thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable
+
+from app.engine.engine import ModelEngine
+from app.metrics import Metrics
+from app.settings import MODEL_ID_PATTERN, Settings
+from app.store.entries import ModelChange, ModelEntry, PendingFile, note_use
+from app.store.errors import (
+    ModelNotFoundError,
+    ModelRequiredError,
+    ModelUnavailableError,
+    NoModelError,
+)
+from app.store.files import CheckpointFile, FileChangedError, read_checkpoint, scan_folder
+from app.store.memory import release_memory
+from models.checkpoint import CheckpointError, LoadedCheckpoint
+
+logger = logging.getLogger(__name__)
+
+_MODEL_ID = re.compile(MODEL_ID_PATTERN)
+_PASSES = 3  # reads of a folder whose files change while they are read, per check
+BAD_NAME = (
+    "file name is not a valid model id (letters, digits, '.', '_', '-';"
+    " at most 64; starting with a letter or digit)"
+)
+
+
+class ModelStore:
+    """Loads the models folder, follows its changes and resolves a request's ``model``.
+
+    ``on_submitted`` is handed to every engine (see ``ModelEngine``): the server's admission
+    control hears through it that a request has reached its engine.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        on_submitted: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.on_submitted = on_submitted
+        self.entries: dict[str, ModelEntry] = {}
+        self.draining = False
+        self._lock = asyncio.Lock()
+        self._checks: set[asyncio.Task[list[ModelChange]]] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._retiring: dict[asyncio.Task[None], ModelEntry] = {}
+        self._folder_missing = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def load(self) -> None:
+        """The first check, at start-up."""
+        await self.refresh()
+        ready = self.ready_ids()
+        logger.info("models ready: %s", ", ".join(ready) or "none")
+        default = self.settings.default_model
+        if default is not None and default not in ready:
+            logger.warning("CHARLM_DEFAULT_MODEL %r is not among the ready models", default)
+
+    def watch(self) -> None:
+        """Check the folder every ``reload_interval_s`` seconds from now on (0: never)."""
+        if self.settings.reload_interval_s > 0 and self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # the next check tries again; the models serve meanwhile
+                logger.exception("checking the models folder failed")
+
+    def begin_draining(self) -> None:
+        """The server is stopping: no more checks; ``/ready`` says so from now on."""
+        if not self.draining:
+            self.draining = True
+            logger.info("draining: no more checks of the models folder")
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop checking, then stop every engine, old versions still draining included."""
+        self.begin_draining()
+        tasks = [t for t in (self._watcher, *self._checks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        engines = [e.engine for e in (*self.entries.values(), *self._retiring.values())]
+        await asyncio.gather(
+            *(eng.stop(grace_seconds) for eng in engines if eng is not None),
+            return_exceptions=True,
+        )
+        for task in list(self._retiring):
+            task.cancel()
+
+    # ------------------------------------------------------------------ checks of the folder
+    async def refresh(self, retry_failed: bool = False) -> list[ModelChange]:
+        """Check the folder now (after any check already running) and return what changed.
+
+        ``retry_failed``: read again the files that failed, even unchanged ones."""
+        task = asyncio.ensure_future(self._check(retry_failed))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+        return await asyncio.shield(task)  # a caller that gives up leaves the check running
+
+    async def reload(self) -> list[ModelChange]:
+        """What the checks running now change, then a check of its own that retries failed
+        files: ``POST /v1/models/reload``. Returns once every new version serves."""
+        earlier: list[ModelChange] = []
+        running = asyncio.gather(*self._checks, return_exceptions=True)
+        for changes in await asyncio.shield(running):
+            if isinstance(changes, list):
+                earlier += changes
+        return earlier + await self.refresh(retry_failed=True)
+
+    async def _check(self, retry_failed: bool) -> list[ModelChange]:
+        async with self._lock:
+            changes: list[ModelChange] = []
+            for _ in range(_PASSES):
+                if self.draining:
+                    break
+                files = await asyncio.to_thread(scan_folder, self.settings.models_dir)
+                if files is None:
+                    self._report_missing_folder()
+                    break
+                self._folder_missing = False
+                settled = True
+                for file in files.values():
+                    try:
+                        change = await self._consider(file, retry_failed)
+                    except FileChangedError as exc:
+                        logger.info("model %s: %s; reading it again", file.model_id, exc)
+                        settled = False
+                        continue
+                    if change is not None:
+                        changes.append(change)
+                for model_id in [m for m in self.entries if m not in files]:
+                    changes.append(self._remove(model_id))
+                self.entries = dict(sorted(self.entries.items()))
+                if settled:
+                    break
+                retry_failed = False  # the next pass is for the files that moved
+            self._update_gauges()
+            return changes
+
+    def _report_missing_folder(self) -> None:
+        if not self._folder_missing:
+            self._folder_missing = True
+            logger.error(
+                "models folder %s cannot be listed: the models loaded stay as they are",
+                self.settings.models_dir,
+            )
+
+    def _needs_reading(self, file: CheckpointFile, retry_failed: bool) -> bool:
+        entry = self.entries.get(file.model_id)
+        if entry is None:
+            return True
+        if entry.error == BAD_NAME:
+            return False
+        if not entry.ready:
+            return retry_failed or file.identity != entry.identity
+        if file.identity.same_content(entry.identity):
+            return False
+        failed_before = entry.update is not None and entry.update.identity == file.identity
+        return retry_failed or not failed_before
+
+    async def _consider(self, file: CheckpointFile, retry_failed: bool) -> ModelChange | None:
+        """Bring one file's model up to date; the change made, if any."""
+        model_id = file.model_id
+        if not self._needs_reading(file, retry_failed):
+            return None
+        current = self.entries.get(model_id)
+        if not _MODEL_ID.match(model_id):
+            self.entries[model_id] = ModelEntry(
+                model_id, file.path.name, identity=file.identity, error=BAD_NAME
+            )
+            logger.error("model %s unavailable: %s", model_id, BAD_NAME)
+            return ModelChange(model_id, "failed", error=BAD_NAME)
+        serving = current if current is not None and current.ready else None
+        if serving is not None:
+            serving.update = PendingFile(file.identity)
+        sha256: str | None = None
+        try:
+            read = await asyncio.to_thread(
+                read_checkpoint,
+                file.path,
+                self.settings.device,
+                serving.sha256 if serving is not None else None,
+            )
+            sha256 = read.sha256
+            if read.checkpoint is None:  # same bytes as the version serving (touched, copied)
+                assert serving is not None
+                serving.identity, serving.update = read.identity, None
+                return None
+            if self.draining:
+                raise FileChangedError("the server is stopping")
+            engine = self._build_engine(model_id, read.checkpoint)
+            await engine.start()
+        except FileChangedError:
+            if serving is not None:
+                serving.update = None
+            raise
+        except CheckpointError as exc:
+            return self._failed(file, current, str(exc).replace(str(file.path), file.path.name))
+        except Exception as exc:  # a bad file must never stop the others from serving
+            logger.exception("model %s: unexpected error while loading", model_id)
+            return self._failed(file, current, f"failed to load: {type(exc).__name__}: {exc}")
+        entry = ModelEntry(
+            model_id,
+            file.path.name,
+            identity=read.identity,
+            checkpoint=read.checkpoint,
+            engine=engine,
+            sha256=sha256,
+            loaded_at=time.time(),
+        )
+        self.entries[model_id] = entry
+        if serving is None:
+            logger.info("model %s loaded from %s (sha256 %s)", model_id, file.path, sha256)
+            return ModelChange(model_id, "added", sha256=sha256)
+        self._retire(serving)
+        logger.info(
+            "model %s: new version from %s (sha256 %s) serves; the old one (sha256 %s) drains",
+            model_id,
+            file.path,
+            sha256,
+            serving.sha256,
+        )
+        return ModelChange(model_id, "replaced", sha256=sha256)
+
+    def _failed(
+        self, file: CheckpointFile, current: ModelEntry | None, error: str
+    ) -> ModelChange | None:
+        model_id = file.model_id
+        if current is not None and current.ready:
+            current.update = PendingFile(file.identity, "unavailable", error)
+            logger.error(
+                "model %s: the new file cannot be loaded; the version loaded before (sha256 %s)"
+                " keeps serving: %s",
+                model_id,
+                current.sha256,
+                error,
+            )
+        else:
+            self.entries[model_id] = ModelEntry(
+                model_id, file.path.name, identity=file.identity, error=error
+            )
+            logger.error("model %s unavailable: %s", model_id, error)
+        return ModelChange(model_id, "failed", error=error)
+
+    def _remove(self, model_id: str) -> ModelChange:
+        entry = self.entries.pop(model_id)
+        if entry.ready:
+            self._retire(entry)
+            logger.info("model %s: its file is gone; it drains and disappears", model_id)
+        return ModelChange(model_id, "removed", sha256=entry.sha256)
+
+    def _build_engine(self, model_id: str, checkpoint: LoadedCheckpoint) -> ModelEngine:
+        """The one place engines are constructed, with the configured limits."""
+        settings = self.settings
+        return ModelEngine(
+            model_id,
+            checkpoint,
+            max_queue=settings.max_queue,
+            max_batch_size=settings.max_batch_size,
+            request_timeout_s=settings.request_timeout_s,
+            on_submitted=self.on_submitted,
+        )
+
+    # ------------------------------------------------------------------ old versions
+    def _retire(self, old: ModelEntry) -> None:
+        """Let ``old`` finish the requests that hold it, then stop it and free its memory."""
+        task = asyncio.create_task(self._drain(old))
+        self._retiring[task] = old
+        task.add_done_callback(self._retiring.pop)
+
+    def draining_versions(self, model_id: str) -> int:
+        """Older versions of ``model_id`` still finishing the requests they hold."""
+        return sum(old.id == model_id for old in self._retiring.values())
+
+    async def _drain(self, old: ModelEntry) -> None:
+        settings = self.settings
+        limit = settings.request_timeout_s + settings.shutdown_grace_s
+        try:
+            async with asyncio.timeout(limit):
+                await old.wait_unused()
+        except TimeoutError:
+            logger.warning(
+                "model %s: %d requests still hold the old version after %g s; stopping it",
+                old.id,
+                old.in_use,
+                limit,
+            )
+        engine = old.engine
+        assert engine is not None
+        await engine.stop(settings.shutdown_grace_s)
+        del engine
+        if old.in_use == 0:  # nothing can reach it any more: let the model go
+            old.engine = old.checkpoint = None
+        logger.info("model %s: the old version (sha256 %s) is stopped", old.id, old.sha256)
+        del old
+        await asyncio.to_thread(release_memory)
+
+    def _update_gauges(self) -> None:
+        self.metrics.models_loaded.set(sum(e.ready for e in self.entries.values()))
+        self.metrics.models_unavailable.set(sum(not e.ready for e in self.entries.values()))
+
+    # ------------------------------------------------------------------ lookups
+    def engines(self) -> dict[str, ModelEngine]:
+        return {e.id: e.engine for e in self.entries.values() if e.engine is not None}
+
+    def ready_ids(self) -> list[str]:
+        return [e.id for e in self.entries.values() if e.ready]
+
+    def find(self, model_id: str) -> ModelEntry:
+        """The entry for ``model_id``, ready or not (``ModelNotFoundError`` if there is none)."""
+        entry = self.entries.get(model_id)
+        if entry is None:
+            choices = ", ".join(self.ready_ids()) or "none"
+            shown = model_id if len(model_id) <= 80 else model_id[:80] + "..."
+            raise ModelNotFoundError(f"model {shown!r} does not exist (available: {choices})")
+        return entry
+
+    def resolve(self, model_id: str | None) -> ModelEntry:
+        """The ready entry a request names, or the default one when it names none; the request
+        holds that version until it ends (``tracking_model_use``)."""
+        if model_id is None:
+            model_id = self._default_id()
+        entry = self.find(model_id)
+        if not entry.ready:
+            raise ModelUnavailableError(f"model {model_id!r} is unavailable: {entry.error}")
+        note_use(entry)
+        return entry
+
+    def _default_id(self) -> str:
+        if self.settings.default_model is not None:
+            return self.settings.default_model
+        ready = self.ready_ids()
+        if len(ready) == 1:
+            return ready[0]
+        if not ready:
+            raise NoModelError("no model is loaded")
+        raise ModelRequiredError(f"the request must name a model: choose one of {', '.join(ready)}")
