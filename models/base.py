@@ -53,6 +53,12 @@ class CharLM(nn.Module):
         """The state before any input: what a fresh text starts from."""
         raise NotImplementedError
 
+    def step(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """One id per row, as when generating: ``ids`` (B, 1) -> logits (B, 1, V) and the next
+        state; a drop-in for ``model(ids, state)``. The same figures as ``forward`` (to float
+        rounding), which stays the reference; architectures with a faster way override this."""
+        return self(ids, state)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

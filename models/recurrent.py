@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from models.base import CharLM, State
 from models.config import ModelConfig
+from models.fast_step import FusedStep
 from models.registry import register
 
 
@@ -41,6 +42,9 @@ class _FusedRecurrentLM(CharLM):
         if config.tie_weights:
             self.head.weight = self.embedding.weight
         self._init_weights()
+        #: whether ``step`` may take the fused path (off: always the reference ``forward``)
+        self.fast_step = True
+        self._step_cache: CachedStep | None = None
 
     def _make_rnn(self, config: ModelConfig) -> nn.RNNBase:
         return self.rnn_class(
@@ -71,6 +75,43 @@ class _FusedRecurrentLM(CharLM):
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         return self.zero_layer_state(batch_size, device, self.state_tensors)
+
+    def step(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """``forward`` for one id per row, through ``models.fast_step.FusedStep`` when nothing
+        needs the reference path: inference (no autograd, eval mode) on the CPU, ``fast_step``
+        on. The fused step is built from the weights at the first call and again whenever a
+        weight has changed since (its storage or version counter moved)."""
+        if (
+            not self.fast_step
+            or self.training
+            or torch.is_grad_enabled()
+            or ids.shape[1] != 1
+            or ids.device.type != "cpu"
+        ):
+            return self(ids, state)
+        if state is None:
+            state = self.initial_state(ids.shape[0], ids.device)
+        return self._fused_step()(ids, state)
+
+    def _fused_step(self) -> FusedStep:
+        cached = self._step_cache
+        if cached is None or not cached.current():
+            cached = self._step_cache = CachedStep(self)
+        return cached.step
+
+
+class CachedStep:
+    """A model's ``FusedStep`` and the weights it was built from: current while every weight
+    keeps its storage and version counter (checked at each step: a few hundred ns, where
+    walking ``parameters()`` would cost ~10 us)."""
+
+    def __init__(self, model: _FusedRecurrentLM) -> None:
+        self.weights = list(model.parameters())
+        self.key = [(p.data_ptr(), p._version) for p in self.weights]
+        self.step = FusedStep(model.embedding, model.rnn, model.head)
+
+    def current(self) -> bool:
+        return [(p.data_ptr(), p._version) for p in self.weights] == self.key
 
 
 @register
