@@ -3,18 +3,26 @@
 Models are loaded in the lifespan (not at import) and stopped, with a grace period, at shutdown.
 ``app_from_env`` is the factory uvicorn workers call: it reads the settings from ``CHARLM_*``.
 
-The engines start draining the moment the process is asked to stop (SIGTERM or SIGINT,
-``on_termination``). On SIGTERM uvicorn stops accepting connections and waits for the open ones
-(up to its ``timeout_graceful_shutdown``) before the app's lifespan ends; only then would the
-engines hear of it, and a long stream would be cut off without its final event. Chaining onto
-uvicorn's handler tells the engines at once: they refuse new work, let running requests finish
-within the grace period, then end the rest with ``finish_reason == "abort"``, so every stream
-closes with a final event before uvicorn's own timeout.
+The models folder is checked every ``reload_interval_s`` seconds while the server runs
+(``app.store``): new, changed and removed checkpoints are served, swapped or dropped without a
+restart.
+
+When the process is asked to stop (SIGTERM or SIGINT, ``on_termination``) the server starts
+draining at once: ``/ready`` answers 503 and responses carry ``Connection: close``. After
+``shutdown_delay_s`` (0 by default), time for load balancers to see that and stop sending
+requests, the engines drain and uvicorn is told to stop. On its own, uvicorn stops accepting
+connections and waits for the open ones (up to its ``timeout_graceful_shutdown``) before the
+app's lifespan ends; only then would the engines hear of it, and a long stream would be cut off
+without its final event. Chaining onto uvicorn's handler tells the engines at the same moment:
+they refuse new work, let running requests finish within the grace period, then end the rest
+with ``finish_reason == "abort"``, so every stream closes with a final event before uvicorn's
+own timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -31,6 +39,7 @@ from fastapi.routing import APIRoute
 
 from app.api.deps import Services, require_api_key
 from app.api.errors import install_error_handlers
+from app.api.lifecycle import CloseWhileDrainingMiddleware, ModelUseMiddleware
 from app.api.middleware import (
     AdmissionMiddleware,
     APIKeyMiddleware,
@@ -50,9 +59,16 @@ API_VERSION = "1"
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def on_termination(drain: Callable[[], Coroutine[Any, Any, object]]) -> Callable[[], None]:
-    """Run ``drain()`` on the running event loop when a stop signal arrives, then the handler
-    that was installed before (uvicorn's). Returns a function that restores that handler.
+def on_termination(
+    drain: Callable[[], Coroutine[Any, Any, object]],
+    begin: Callable[[], None] = lambda: None,
+    delay_s: float = 0.0,
+) -> Callable[[], None]:
+    """When a stop signal arrives: ``begin()`` at once on the running event loop, then, after
+    ``delay_s`` seconds, ``drain()`` and the handler that was installed before (uvicorn's, which
+    closes the listener). A second signal ends the delay, a third goes to that handler at once
+    (uvicorn stops without waiting on a second SIGINT). Returns a function that restores the
+    handlers.
 
     Does nothing outside the main thread (signals only reach it) or where no Python handler is
     installed (then nobody would go on to stop the process after draining).
@@ -62,15 +78,33 @@ def on_termination(drain: Callable[[], Coroutine[Any, Any, object]]) -> Callable
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[object]] = set()
     previous: dict[int, Callable[[int, FrameType | None], Any]] = {}
+    hurry = asyncio.Event()  # a second signal during the delay ends it
 
-    def start_drain() -> None:
-        if not tasks:  # once, whatever the number of signals
+    async def stop_after_delay(signum: int, frame: FrameType | None) -> None:
+        logger.info("stop signal: draining; the listener closes in %g s", delay_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hurry.wait(), delay_s)
+        drained = loop.create_task(drain())
+        previous[signum](signum, frame)
+        await drained
+
+    def on_loop(signum: int, frame: FrameType | None) -> None:
+        if tasks:  # a later signal: end the delay; one more goes straight to uvicorn
+            if delay_s > 0 and hurry.is_set():
+                previous[signum](signum, frame)
+            hurry.set()
+            return
+        begin()
+        if delay_s > 0:
+            tasks.add(loop.create_task(stop_after_delay(signum, frame)))
+        else:
             logger.info("stop signal: draining the engines")
             tasks.add(loop.create_task(drain()))
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        loop.call_soon_threadsafe(start_drain)
-        previous[signum](signum, frame)
+        loop.call_soon_threadsafe(on_loop, signum, frame)
+        if delay_s <= 0:
+            previous[signum](signum, frame)
 
     for sig in SIGNALS:
         current = signal.getsignal(sig)
@@ -107,10 +141,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # what exists now (torch, the models, the app) lives as long as the process: keep it out
         # of the garbage collector's full passes, which otherwise walk it all and stall the event
         # loop for tens of milliseconds whenever a burst of requests allocates enough objects
+        # (a model dropped later is collected by the store itself, app.store.memory)
         gc.collect()
         gc.freeze()
-        # on SIGTERM, drain the engines at once so open streams end with a final event
-        restore_signals = on_termination(lambda: store.stop(settings.shutdown_grace_s))
+        store.watch()
+        # on SIGTERM, /ready says draining at once; the engines drain when the listener closes,
+        # so open streams end with a final event
+        restore_signals = on_termination(
+            lambda: store.stop(settings.shutdown_grace_s),
+            begin=store.begin_draining,
+            delay_s=settings.shutdown_delay_s,
+        )
         try:
             yield
         finally:
@@ -141,6 +182,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     # middleware: the last added runs first (request ids wrap everything)
+    app.add_middleware(ModelUseMiddleware)  # a request holds its model's version to its end
+    app.add_middleware(CloseWhileDrainingMiddleware, draining=lambda: store.draining)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_request_bytes,

@@ -31,8 +31,11 @@ async def health() -> HealthResponse:
 
 @router.get("/ready", responses=error_responses(503))
 async def ready(services: ServicesDep) -> ReadyResponse:
-    """200 once at least one model is loaded, 503 before (or when none could be)."""
+    """200 once at least one model is loaded; 503 before (or when none could be), and
+    ``draining`` from the moment the server is asked to stop."""
     store = services.store
+    if store.draining:
+        raise APIError(503, "the server is shutting down", type=UNAVAILABLE, code="draining")
     ready_ids = store.ready_ids()
     if not ready_ids:
         raise APIError(503, "no model is loaded yet", type=UNAVAILABLE, code="not_ready")
