@@ -1,8 +1,10 @@
 """Sampling: temperature, top-k and top-p filters, seeded draws, stop strings, generation.
 
 Each filter is a small function over logits ``(B, V)`` with per-row settings, so a batch may mix
-requests with different settings. A draw consumes exactly one uniform number from the row's own
-``torch.Generator`` per character, so the same seed gives the same text whatever runs beside it.
+requests with different settings. The ``i``-th character of a completion is drawn with the
+``i``-th uniform number of its seed from the counter-based generator ``models.rng`` (a hash of
+the seed and ``i``), so the same seed gives the same text whatever runs beside it, and a whole
+batch's numbers are one tensor expression.
 """
 
 from __future__ import annotations
@@ -14,10 +16,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from models import rng
 from models.base import CharLM, State
-from models.vocab import BOS_ID, UNK_ID, CharVocab
+from models.vocab import BOS_ID, NUM_SPECIAL, UNK_ID, CharVocab
 
 MAX_SEED = 2**63 - 1
+
+# ``<unk>`` and ``<bos>`` stand for no character a text can hold: they are the first ids, so the
+# sampler reads ``logits[..., NUM_SPECIAL:]`` (a view) and adds NUM_SPECIAL to what it picks
+assert sorted((UNK_ID, BOS_ID)) == list(range(NUM_SPECIAL))
 
 
 @dataclass(frozen=True)
@@ -39,21 +46,6 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
-
-
-def mask_special(logits: Tensor) -> Tensor:
-    """Forbid ``<unk>`` and ``<bos>``: they stand for no character a text can hold."""
-    return logits.index_fill(-1, _special_ids(logits.device), float("-inf"))
-
-
-_SPECIAL_IDS: dict[torch.device, Tensor] = {}
-
-
-def _special_ids(device: torch.device) -> Tensor:
-    ids = _SPECIAL_IDS.get(device)
-    if ids is None:
-        ids = _SPECIAL_IDS[device] = torch.tensor([UNK_ID, BOS_ID], device=device)
-    return ids
 
 
 def apply_temperature(logits: Tensor, temperature: Tensor) -> Tensor:
@@ -83,10 +75,14 @@ def top_p_filter(logits: Tensor, top_p: Tensor) -> Tensor:
 
 
 def draw(probs: Tensor, uniforms: Tensor) -> Tensor:
-    """Inverse-CDF sampling: one uniform (B,) per row picks an index from ``probs`` (B, V)."""
-    cdf = probs.cumsum(dim=-1)
-    cdf = cdf / cdf[..., -1:].clamp_min(1e-30)
-    index = torch.searchsorted(cdf, uniforms.unsqueeze(-1).to(cdf.dtype), right=True)
+    """Inverse-CDF sampling: one uniform in [0, 1) (B,) per row picks an index of ``probs`` (B, V).
+
+    The CDF is summed and normalised in float64, so its last entry is exactly 1 and above any
+    uniform: the pick is always a character of positive probability.
+    """
+    cdf = probs.cumsum(dim=-1, dtype=torch.float64)
+    cdf = cdf / cdf[..., -1:]
+    index = torch.searchsorted(cdf, uniforms.to(cdf).unsqueeze(-1), right=True)  # (B, 1)
     return index.squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
@@ -95,7 +91,8 @@ class RowSettings:
     """The sampling settings of a batch's rows as tensors (B,), with what they have in common.
 
     ``choose_next`` builds one per call; a caller that draws for the same rows step after step
-    (a server's decode batch) builds it once and calls ``choose_next_rows``.
+    (a server's decode batch) builds it once, and follows rows joining and leaving with ``cat``
+    and ``select`` (tensor index operations).
     """
 
     temperature: Tensor  # (B,) float
@@ -109,47 +106,62 @@ class RowSettings:
 
     @classmethod
     def of(cls, params: Sequence[SamplingParams], device: torch.device) -> RowSettings:
+        return cls.from_tensors(
+            torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device),
+            torch.tensor([p.top_k for p in params], dtype=torch.long, device=device),
+            torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
+        )
+
+    @classmethod
+    def from_tensors(cls, temperature: Tensor, top_k: Tensor, top_p: Tensor) -> RowSettings:
+        greedy = temperature == 0
         return cls(
-            temperature=torch.tensor([p.temperature for p in params], device=device),
-            top_k=torch.tensor([p.top_k for p in params], device=device),
-            top_p=torch.tensor([p.top_p for p in params], device=device),
-            all_greedy=all(p.greedy for p in params),
-            any_greedy=any(p.greedy for p in params),
-            unit_temperature=all(p.temperature == 1.0 for p in params),
-            any_top_k=any(p.top_k for p in params),
-            any_top_p=any(p.top_p < 1.0 for p in params),
+            temperature,
+            top_k,
+            top_p,
+            all_greedy=bool(greedy.all()),
+            any_greedy=bool(greedy.any()),
+            unit_temperature=bool((temperature == 1).all()),
+            any_top_k=bool((top_k > 0).any()),
+            any_top_p=bool((top_p < 1).any()),
+        )
+
+    def __len__(self) -> int:
+        return self.temperature.shape[0]
+
+    def select(self, index: Tensor) -> RowSettings:
+        """The settings of rows ``index`` (long), in that order."""
+        return RowSettings.from_tensors(
+            self.temperature.index_select(0, index),
+            self.top_k.index_select(0, index),
+            self.top_p.index_select(0, index),
+        )
+
+    def cat(self, other: RowSettings) -> RowSettings:
+        """These rows, then ``other``'s."""
+        return RowSettings.from_tensors(
+            torch.cat([self.temperature, other.temperature]),
+            torch.cat([self.top_k, other.top_k]),
+            torch.cat([self.top_p, other.top_p]),
         )
 
 
-def choose_next(
-    logits: Tensor,
-    params: Sequence[SamplingParams],
-    generators: Sequence[torch.Generator],
-    uniforms: Tensor | None = None,
-) -> Tensor:
-    """Pick the next id for each row of ``logits`` (B, V) with its own settings and generator.
-
-    ``uniforms`` (B,), when given, stands for the one number each row would draw from its
-    generator now; callers that prefetch each generator's numbers in blocks (``torch.rand(n)``
-    yields the same sequence as ``n`` single draws) pass them to save a call per row.
-    """
-    return choose_next_rows(logits, RowSettings.of(params, logits.device), generators, uniforms)
+def choose_next(logits: Tensor, params: Sequence[SamplingParams], uniforms: Tensor) -> Tensor:
+    """Pick the next id for each row of ``logits`` (B, V) with its own settings, from one uniform
+    number per row (B,) (``models.rng.uniforms`` of the row's seed and position)."""
+    return choose_next_rows(logits, RowSettings.of(params, logits.device), uniforms)
 
 
-def choose_next_rows(
-    logits: Tensor,
-    settings: RowSettings,
-    generators: Sequence[torch.Generator],
-    uniforms: Tensor | None = None,
-) -> Tensor:
+def choose_next_rows(logits: Tensor, settings: RowSettings, uniforms: Tensor) -> Tensor:
     """``choose_next`` with the rows' settings already in tensors (see ``RowSettings``).
 
-    Steps that would change nothing are skipped (dividing by a temperature of 1, the argmax when
-    no row is greedy), so the result is the same bit for bit as with every step taken.
+    Never picks ``<unk>`` or ``<bos>``. Steps that would change nothing are skipped (dividing by
+    a temperature of 1, the argmax when no row is greedy), so the result is the same bit for bit
+    as with every step taken.
     """
-    logits = mask_special(logits.float())
+    logits = logits[..., NUM_SPECIAL:].float()  # (B, V - NUM_SPECIAL): no special id
     if settings.all_greedy:
-        return logits.argmax(dim=-1)
+        return logits.argmax(dim=-1) + NUM_SPECIAL
     scaled = logits
     if not settings.unit_temperature:
         scaled = apply_temperature(logits, settings.temperature)
@@ -157,43 +169,51 @@ def choose_next_rows(
         scaled = top_k_filter(scaled, settings.top_k)
     if settings.any_top_p:
         scaled = top_p_filter(scaled, settings.top_p)
-    # one uniform per row from the row's generator, drawn on the CPU so results match on any device
-    if uniforms is None:
-        uniforms = torch.stack([torch.rand((), generator=g) for g in generators])
-    uniforms = uniforms.to(logits.device)
     sampled = draw(scaled.softmax(dim=-1), uniforms)
-    if not settings.any_greedy:
-        return sampled
-    return torch.where(settings.temperature > 0, sampled, logits.argmax(dim=-1))
+    if settings.any_greedy:
+        sampled = torch.where(settings.temperature > 0, sampled, logits.argmax(dim=-1))
+    return sampled + NUM_SPECIAL
 
 
-def make_generator(seed: int | None) -> tuple[torch.Generator, int]:
-    """A CPU generator and the seed it was given (a fresh random one when ``seed`` is None)."""
-    if seed is None:
-        seed = secrets.randbelow(MAX_SEED)
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(seed)
-    return generator, seed
+def random_seed(room: int = 1) -> int:
+    """A fresh random seed ``s`` such that ``s + room - 1`` is still a valid seed."""
+    return secrets.randbelow(MAX_SEED - room + 2)
 
 
 class StopMatcher:
-    """Finds the first stop string in a growing text; the text before it is the result."""
+    """Finds where a growing text first holds one of the stop strings.
+
+    "First" is the stop string that is complete after the fewest characters (as if the text were
+    checked after every character), and of those that end at the same character, the longest.
+    """
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = [s for s in stops if s]
         self.longest = max((len(s) for s in self.stops), default=0)
+        # every proper prefix of a stop string: what the end of a text may be the start of
+        self._prefixes = {s[:k] for s in self.stops for k in range(1, len(s))}
 
-    def find(self, text: str, new_chars: int = 1) -> int | None:
-        """Index where a stop string starts, looking only where ``new_chars`` could complete one."""
+    def find(self, text: str, new_chars: int | None = None) -> int | None:
+        """Index where the first stop string starts, or None. ``new_chars``: only the last so many
+        characters are new (no stop string is complete in the text before them), so only the
+        window where one could end is searched."""
         if not self.stops:
             return None
-        window_start = max(0, len(text) - new_chars - self.longest + 1)
-        best: int | None = None
+        start = 0 if new_chars is None else max(0, len(text) - new_chars - self.longest + 1)
+        best: tuple[int, int] | None = None  # (end, start) of the first stop string
         for stop in self.stops:
-            index = text.find(stop, window_start)
-            if index != -1 and (best is None or index < best):
-                best = index
-        return best
+            index = text.find(stop, start)
+            if index != -1 and (best is None or (index + len(stop), index) < best):
+                best = (index + len(stop), index)
+        return None if best is None else best[1]
+
+    def held(self, text: str) -> int:
+        """How many of the last characters of ``text`` could begin a stop string (they wait for
+        the next characters to prove them innocent)."""
+        for k in range(min(len(text), self.longest - 1), 0, -1):
+            if text[-k:] in self._prefixes:
+                return k
+        return 0
 
 
 @dataclass
@@ -224,27 +244,32 @@ def generate(
     stop: Sequence[str] = (),
     n: int = 1,
 ) -> list[Generation]:
-    """Continue ``prompt`` ``n`` times; completion ``i`` uses generator seed ``seed + i``."""
+    """Continue ``prompt`` ``n`` times; completion ``i`` uses seed ``seed + i``: its ``j``-th
+    character is drawn with ``models.rng.uniforms(seed + i, j)``."""
     if not model.can_generate:
         raise ValueError(f"architecture {model.config.arch!r} cannot generate text left to right")
     params = params or SamplingParams()
-    base_seed = seed if seed is not None else secrets.randbelow(MAX_SEED - n)
-    generators = [make_generator(base_seed + i)[0] for i in range(n)]
+    settings = RowSettings.of([params] * n, model.device)
+    base_seed = seed if seed is not None else random_seed(n)
+    if not 0 <= base_seed <= MAX_SEED - n + 1:
+        raise ValueError(f"seed must be in [0, {MAX_SEED - n + 1}], got {base_seed}")
+    seeds = torch.arange(n, dtype=torch.int64, device=model.device) + base_seed  # (n,)
     matcher = StopMatcher(stop)
     logits, state = prime(model, vocab, prompt, n)
     texts = [""] * n
     ids: list[list[int]] = [[] for _ in range(n)]
     finished: list[str | None] = [None] * n
-    for _ in range(max_chars):
+    for position in range(max_chars):
         active = [i for i in range(n) if finished[i] is None]
         if not active:
             break
-        next_ids = choose_next(logits, [params] * n, generators)
+        uniforms = rng.uniforms(seeds, torch.full_like(seeds, position))
+        next_ids = choose_next_rows(logits, settings, uniforms)
         for i in active:
             idx = int(next_ids[i])
             ids[i].append(idx)
             texts[i] += vocab.token(idx)
-            cut = matcher.find(texts[i])
+            cut = matcher.find(texts[i], new_chars=1)
             if cut is not None:
                 texts[i] = texts[i][:cut]
                 finished[i] = "stop"

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint
-from models.sampling import SamplingParams, generate, make_generator
+from models.sampling import SamplingParams, generate, random_seed
 from models.scoring import bits_per_char
 from training import distributed
 from training.batches import StreamError
@@ -317,7 +317,7 @@ def sample_main(argv: list[str] | None = None) -> int:
         params = SamplingParams(args.temperature, args.top_k, args.top_p)
         device = distributed.choose_device(args.device)
         loaded = load_checkpoint(args.checkpoint, device=device)
-        seed = args.seed if args.seed is not None else make_generator(None)[1]
+        seed = args.seed if args.seed is not None else random_seed()
         (gen,) = generate(loaded.model, loaded.vocab, args.prompt, args.length, params, seed)
     except (CheckpointError, ValueError) as exc:
         p.exit(2, f"charlm-sample: error: {exc}\n")

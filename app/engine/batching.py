@@ -1,22 +1,20 @@
-"""Tensor work of the scheduler: reading prompts together, the decode batch, scoring groups, and the
-process's oneDNN setting around them.
+"""Tensor work of the scheduler around the decode batch (``app.engine.decode``): reading prompts
+together, and the process's oneDNN setting.
 
-A recurrent model's state has a fixed size per row (batch on dim 0 of every state tensor), so rows
-join and leave the running batch by stacking and selecting state rows: there is no cache to page.
+A recurrent model's state has a fixed size per row (batch on dim 0 of every state tensor), so a row
+that has read its prompt joins the decode batch by stacking its state rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from app.engine.requests import GenerationRequest
-from models.base import CharLM, State, concat_states, select_state
-from models.sampling import RowSettings, choose_next_rows
+from models.base import CharLM, State, concat_states
 
 
 def use_onednn(enabled: bool) -> None:
@@ -87,73 +85,3 @@ def advance_prompts(
         else:
             row.prompt_state = state
     return done
-
-
-@dataclass
-class DecodeBatch:
-    """The rows generating now: their state and the logits of each row's next character.
-
-    The rows' sampling settings as tensors are built once per composition of the batch (rows
-    joining or leaving), not at every step.
-    """
-
-    rows: list[GenerationRequest]
-    state: State | None = None  # each tensor (R, ...)
-    logits: Tensor | None = None  # (R, V)
-    _settings: RowSettings | None = None
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def settings(self) -> RowSettings:
-        """Every row's sampling settings, in row order."""
-        if self._settings is None:
-            assert self.logits is not None
-            self._settings = RowSettings.of([r.sampling for r in self.rows], self.logits.device)
-        return self._settings
-
-    def choose(self) -> Tensor:
-        """The next id of every row (R,), each drawn with its own settings and generator."""
-        assert self.logits is not None
-        settings = self.settings
-        uniforms = None
-        if not settings.all_greedy:
-            uniforms = torch.tensor([r.next_uniform() for r in self.rows])
-        # with the uniforms given (or every row greedy), no generator is read here
-        return choose_next_rows(self.logits, settings, (), uniforms)
-
-    def read(self, model: CharLM, next_ids: Tensor) -> None:
-        """Feed each row its chosen id (R,): the logits of the next character follow."""
-        assert self.state is not None
-        use_onednn(False)
-        logits, self.state = model(next_ids.unsqueeze(-1), self.state)  # (R, 1, V)
-        self.logits = logits[:, -1]
-
-    def keep(self, keep: Sequence[int]) -> None:
-        """Drop every row not in ``keep`` (indices in order)."""
-        if len(keep) == len(self.rows):
-            return
-        self.rows = [self.rows[i] for i in keep]
-        self._settings = None
-        if not keep:
-            self.state, self.logits = None, None
-            return
-        assert self.state is not None and self.logits is not None
-        index = torch.as_tensor(keep, dtype=torch.long, device=self.logits.device)
-        self.state = select_state(self.state, index)
-        self.logits = self.logits.index_select(0, index)
-
-    def join(self, joined: Sequence[tuple[GenerationRequest, State, Tensor]]) -> None:
-        """Append rows that have read their prompt."""
-        if not joined:
-            return
-        states = [s for _, s, _ in joined]
-        logits = torch.stack([lg for _, _, lg in joined])
-        if self.state is not None and self.logits is not None:
-            states.insert(0, self.state)
-            logits = torch.cat([self.logits, logits])
-        self.rows.extend(r for r, _, _ in joined)
-        self.state = concat_states(states)
-        self.logits = logits
-        self._settings = None

@@ -51,7 +51,6 @@ from app.engine.stats import EngineCounters, HistogramSnapshot
 from models.base import CharLM
 from models.checkpoint import LoadedCheckpoint
 from models.infill import InfillResult, infill_text, pll_score_texts
-from models.sampling import make_generator
 from models.scoring import TextScore
 from models.vocab import BOS_ID, CharVocab
 
@@ -236,7 +235,6 @@ class ModelEngine:
             GenerationRequest(
                 ids=ids,
                 params=params,
-                generator=make_generator(seed)[0],
                 seed=seed,
                 text=CompletionText(params.stop),
                 mailbox=Mailbox(loop, event),

@@ -2,18 +2,18 @@
 
 Completions: new text is kept per request and handed to its ``Mailbox`` at a publication; the
 consumers are woken with one ``call_soon_threadsafe`` per event loop (each is a socket write that
-gives up the GIL). The worker publishes at once for a request's first characters and its end,
-otherwise every ``stream_interval_s`` or 0.5 ms per generating row if that is longer (32 rows:
-20 ms, 128 rows: 64 ms), so a stream's characters are coalesced into few chunks and the event
-loop's work per second stays bounded. Scoring requests are resolved the same way, one wake-up per
-loop (``resolve_all``); a call, when it has run (``settle``).
+gives up the GIL). The worker decodes and delivers text at once for a request's first characters
+and its end, otherwise every ``interval(rows)``: ``stream_interval_s`` or 0.5 ms per generating
+row if that is longer (32 rows: 16 ms, 128 rows: 64 ms), so a stream's characters are coalesced
+into few chunks and the event loop's work per second stays bounded; it publishes after each
+round that delivered something. Scoring requests are resolved the same way, one wake-up per loop
+(``resolve_all``); a call, when it has run (``settle``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import Any
 
 from app.engine.params import FinishReason
@@ -70,10 +70,13 @@ class Publisher:
 
     def __init__(self, stream_interval_s: float) -> None:
         self.stream_interval_s = stream_interval_s
-        self.urgent = False  # publish at the next call whatever the interval
         self._wakes: dict[asyncio.AbstractEventLoop, list[Mailbox]] = {}
         self._dirty: list[GenerationRequest] = []  # requests with text not yet in their mailbox
-        self._last_publish = 0.0
+
+    def interval(self, generating_rows: int) -> float:
+        """Seconds between two deliveries of every stream's new text: more streams, fewer events
+        each, so the event loop's work stays bounded (~2000 wake-ups/s)."""
+        return max(self.stream_interval_s, generating_rows * STREAM_INTERVAL_PER_ROW_S)
 
     def deliver(
         self, request: GenerationRequest, text: str, finish: FinishReason | None = None
@@ -92,14 +95,9 @@ class Publisher:
         if box.put("", num_chars, error=error):
             self._wakes.setdefault(box.loop, []).append(box)
 
-    def publish(self, generating_rows: int, force: bool = False) -> None:
+    def publish(self) -> None:
         """Hand the kept text to the mailboxes and wake their consumers: one call per loop."""
         if not self._dirty and not self._wakes:
-            return
-        now = time.monotonic()
-        # more streams, fewer events each: the event loop's work stays bounded (~2000 wakes/s)
-        interval = max(self.stream_interval_s, generating_rows * STREAM_INTERVAL_PER_ROW_S)
-        if not (force or self.urgent or now - self._last_publish >= interval):
             return
         for request in self._dirty:
             box = request.mailbox
@@ -111,5 +109,3 @@ class Publisher:
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
                 loop.call_soon_threadsafe(_set_events, boxes)
         self._wakes = {}
-        self.urgent = False
-        self._last_publish = now

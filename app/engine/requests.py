@@ -19,17 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from app.engine.params import FinishReason, GenerationParams
 from models.base import CharLM, State
 from models.sampling import SamplingParams, StopMatcher
 from models.scoring import TextScore
 from models.vocab import CharVocab
-
-# uniforms drawn from a row's generator at a time: the same numbers, in the same order, as one
-# ``torch.rand((), generator=g)`` per character (torch fills a tensor from the generator serially)
-UNIFORM_BLOCK = 64
 
 
 class Phase(enum.Enum):
@@ -39,59 +34,51 @@ class Phase(enum.Enum):
 
 
 class CompletionText:
-    """The growing text of one completion: finds stop strings and says what is safe to show.
+    """The text of one completion as it grows, a piece at a time: finds stop strings and says what
+    is safe to show.
 
     Characters that could be the start of a stop string are held back until the next characters
-    prove them innocent, so a stop string never reaches the client, not even in part.
+    prove them innocent, so a stop string never reaches the client, not even in part. Only the
+    held characters are kept: a stop string can only begin among them, so each piece is searched
+    together with them alone.
     """
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.matcher = StopMatcher(stops)
-        self._prefixes = {s[:k] for s in self.matcher.stops for k in range(1, len(s))}
-        self.chars: list[str] = []
+        self.length = 0  # characters of the completion (a stop string and what follows: none)
         self.shown = 0  # characters released so far
         self.stopped = False
-        self._tail = ""  # the last ``matcher.longest`` characters
+        self._held = ""  # the last characters, not released: they could begin a stop string
 
-    @property
-    def length(self) -> int:
-        return len(self.chars)
-
-    def append(self, char: str) -> str:
-        """Add one generated character; return the text newly safe to show."""
-        self.chars.append(char)
+    def extend(self, new: str) -> str:
+        """Add generated characters; return the text newly safe to show. After a stop string
+        nothing more is added."""
+        if self.stopped or not new:
+            return ""
         if not self.matcher.stops:
-            self.shown = len(self.chars)
-            return char
-        self._tail = (self._tail + char)[-self.matcher.longest :]
-        index = self.matcher.find(self._tail, new_chars=1)
-        if index is not None:
+            self.length += len(new)
+            self.shown = self.length
+            return new
+        window = self._held + new
+        cut = self.matcher.find(window, new_chars=len(new))
+        if cut is not None:
             # everything before the stop string is the result; it ends here
             self.stopped = True
-            cut = len(self.chars) - len(self._tail) + index
-            del self.chars[cut:]
-            return self.release()
-        held = 0
-        for k in range(min(len(self._tail), self.matcher.longest - 1), 0, -1):
-            if self._tail[-k:] in self._prefixes:
-                held = k
-                break
-        return self._release_upto(len(self.chars) - held)
+            self._held = ""
+            self.length = self.shown + cut
+            self.shown = self.length
+            return window[:cut]
+        self.length += len(new)
+        ready = len(window) - self.matcher.held(window)
+        self._held = window[ready:]
+        self.shown += ready
+        return window[:ready]
 
     def release(self) -> str:
         """Show everything kept (the completion has ended)."""
-        return self._release_upto(len(self.chars))
-
-    def _release_upto(self, end: int) -> str:
-        if end <= self.shown:
-            return ""
-        text = "".join(self.chars[self.shown : end])
-        self.shown = end
+        text, self._held = self._held, ""
+        self.shown += len(text)
         return text
-
-    @property
-    def text(self) -> str:
-        return "".join(self.chars)
 
 
 class Mailbox:
@@ -142,14 +129,14 @@ class Mailbox:
 
 @dataclass(eq=False)
 class GenerationRequest:
-    """One completion: its prompt, settings, seeded generator and where its text goes.
+    """One completion: its prompt, settings, seed and where its text goes.
 
-    ``sampling`` holds the sampler's own settings for the row, made from ``params`` once.
+    ``sampling`` holds the sampler's own settings for the row, made from ``params`` once. Its
+    ``i``-th character is drawn with ``models.rng.uniforms(seed, i)``.
     """
 
     ids: np.ndarray  # (T,) BOS then the prompt's ids
     params: GenerationParams
-    generator: torch.Generator
     seed: int
     text: CompletionText
     mailbox: Mailbox
@@ -160,26 +147,14 @@ class GenerationRequest:
     finish: FinishReason | None = None  # set by the scheduler when the completion ends
     pending: list[str] = field(default_factory=list)  # text not yet handed to the mailbox
     first_char_at: float | None = None
-    last_char_at: float = 0.0
     # prompt reading: ids consumed so far and the 1-row state after them (None: initial state)
     prompt_pos: int = 0
     prompt_state: State | None = None
     sampling: SamplingParams = field(init=False)
-    _uniforms: list[float] = field(default_factory=list)
-    _uniform_pos: int = 0
 
     def __post_init__(self) -> None:
         params = self.params
         self.sampling = SamplingParams(params.temperature, params.top_k, params.top_p)
-
-    def next_uniform(self) -> float:
-        """The row's next uniform number, from its own generator (prefetched in blocks)."""
-        if self._uniform_pos == len(self._uniforms):
-            self._uniforms = torch.rand(UNIFORM_BLOCK, generator=self.generator).tolist()
-            self._uniform_pos = 0
-        value = self._uniforms[self._uniform_pos]
-        self._uniform_pos += 1
-        return value
 
     def expired(self, now: float) -> bool:
         return now >= self.deadline

@@ -9,9 +9,9 @@ Each round of the worker loop:
    function of the model that reads whole texts: pseudo-log-likelihood scoring, infilling);
 3. advances the rows still reading their prompt by up to ``prompt_chunk`` ids, in one staircase
    forward (``app.engine.batching.advance_prompts``); rows that finish join the decode batch;
-4. runs one decode step: every row draws its next character with its own settings and generator,
-   rows that finished (length, stop, timeout) or were cancelled leave, the rest read their
-   character in one forward of batch size R.
+4. runs one decode step (``app.engine.decode``): every row draws its next character with its own
+   settings and seed, and reads it, in whole-batch tensor work; now and then the new characters
+   become text, and rows that finished (length, stop, timeout) or were cancelled leave.
 
 torch releases the GIL inside its kernels, so the event loop keeps serving HTTP meanwhile. Text
 reaches the event loop through each request's ``Mailbox``, coalesced into few chunks
@@ -27,7 +27,8 @@ from collections.abc import Sequence
 
 import torch
 
-from app.engine.batching import DecodeBatch, advance_prompts, use_onednn
+from app.engine.batching import advance_prompts, use_onednn
+from app.engine.decode import Decoder
 from app.engine.errors import EngineClosedError, EngineError, QueueFullError
 from app.engine.params import FinishReason
 from app.engine.publisher import Publisher, settle
@@ -64,10 +65,9 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         # worker-only state
         self._prompting: list[GenerationRequest] = []
-        self._batch = DecodeBatch([])
         self._scoring = ScoreRounds(model, vocab, counters, max_rows=max_batch_size)
         self._publisher = Publisher(stream_interval_s)
-        self._tokens = [vocab.token(i) for i in range(len(vocab))]  # id -> character
+        self._decoder = Decoder(model, vocab, counters, self._publisher, self._cond)
         self._onednn_default = True  # the process's setting, read when the thread starts
 
     # ------------------------------------------------------------------ event-loop side
@@ -98,7 +98,7 @@ class Scheduler:
         self._thread = None
 
     def _free_rows(self) -> int:
-        return self.max_batch_size - len(self._batch.rows) - len(self._prompting)
+        return self.max_batch_size - len(self._decoder.rows) - len(self._prompting)
 
     def room(self) -> int:
         """Requests that could be taken now (``RequestQueue.room``)."""
@@ -141,6 +141,7 @@ class Scheduler:
         next step."""
         with self._cond:
             request.cancelled = True
+            self._decoder.ended = True
             self._queue.withdraw(request)
 
     def withdraw(self, request: Request) -> bool:
@@ -153,12 +154,14 @@ class Scheduler:
         """Queued completions, scoring requests and calls; rows generating or reading a prompt."""
         with self._cond:
             queue = self._queue
-            running = len(self._batch.rows) + len(self._prompting)
+            running = len(self._decoder.rows) + len(self._prompting)
             return len(queue.generations), len(queue.scorings), len(queue.calls), running
 
     def busy(self) -> bool:
         with self._cond:
-            return bool(self._queue or self._batch.rows or self._prompting or self._scoring.busy())
+            return bool(
+                self._queue or self._decoder.rows or self._prompting or self._scoring.busy()
+            )
 
     # ------------------------------------------------------------------ worker thread
     def _run(self) -> None:
@@ -171,10 +174,10 @@ class Scheduler:
                     except Exception as exc:  # keep serving: fail what was running
                         logger.exception("engine round failed")
                         self._end_running(error=exc)
-                    self._publish()
+                    self._publisher.publish()
                 self._end_running(error=None)
                 self._end_queued()
-                self._publish(force=True)
+                self._publisher.publish()
         finally:
             use_onednn(self._onednn_default)
 
@@ -192,10 +195,10 @@ class Scheduler:
                     free -= 1
                 self._scoring.take(self._queue.scorings)
                 calls = self._queue.calls
-                busy = bool(self._batch.rows or self._prompting or self._scoring.busy() or calls)
+                busy = bool(self._decoder.rows or self._prompting or self._scoring.busy() or calls)
                 if busy:
                     return True
-                self._publish(force=True)
+                self._publisher.publish()
                 use_onednn(self._onednn_default)  # idle: the rest of the process gets its setting
                 self._cond.wait()
 
@@ -212,52 +215,14 @@ class Scheduler:
             now = time.monotonic()
             for request in [r for r in self._prompting if r.cancelled or r.expired(now)]:
                 self._prompting.remove(request)
-                self._finish(request, None if request.cancelled else FinishReason.TIMEOUT, now)
+                reason = None if request.cancelled else FinishReason.TIMEOUT
+                self._decoder.finish(request, reason, now)
             joined = advance_prompts(self.model, self._prompting, self.prompt_chunk)
             if joined:
                 self._prompting = [r for r in self._prompting if r.prompt_pos < len(r.ids)]
-                with self._cond:  # ``counts`` reads the batch from the event loop
-                    self._batch.join(joined)
-        if self._batch.rows:
-            self._step()
-
-    def _step(self) -> None:
-        """One character for every row of the decode batch."""
-        batch, now = self._batch, time.monotonic()
-        if any(r.cancelled or r.expired(now) for r in batch.rows):
-            self._drop_ended(now)
-            if not batch.rows:
-                return
-        rows = batch.rows
-        next_ids = batch.choose()
-        keep = []
-        generated = 0
-        first_chars: list[float] = []
-        tokens = self._tokens
-        for i, (request, index) in enumerate(zip(rows, next_ids.tolist(), strict=True)):
-            shown = request.text.append(tokens[index])
-            generated += len(shown)
-            request.last_char_at = now
-            if request.first_char_at is None:
-                request.first_char_at = now
-                first_chars.append(now - request.admitted_at)
-                self._publisher.urgent = True
-            if request.text.stopped:
-                self._finish(request, FinishReason.STOP, now, shown)
-            elif len(request.text.chars) >= request.params.max_chars:
-                self._finish(request, FinishReason.LENGTH, now, shown)
-            else:
-                keep.append(i)
-                if shown:
-                    self._publisher.deliver(request, shown)
-        self.counters.step_done(len(rows), generated, first_chars)
-        if len(keep) < len(rows):
-            with self._cond:
-                batch.keep(keep)
-            if not keep:
-                return
-            next_ids = next_ids[keep]
-        batch.read(self.model, next_ids)
+                self._decoder.join(joined)
+        if self._decoder.rows:
+            self._decoder.step()
 
     def _call(self) -> None:
         """Run the next queued call whole; its error goes to its caller, not to the round."""
@@ -275,56 +240,18 @@ class Scheduler:
         with self.counters.lock:
             self.counters.request_done(time.monotonic() - request.admitted_at)
 
-    def _drop_ended(self, now: float) -> None:
-        """Take the rows cancelled or past their deadline out of the decode batch."""
-        batch = self._batch
-        keep = []
-        for i, request in enumerate(batch.rows):
-            if request.cancelled or request.expired(now):
-                self._finish(request, None if request.cancelled else FinishReason.TIMEOUT, now)
-            else:
-                keep.append(i)
-        with self._cond:
-            batch.keep(keep)
-
-    def _finish(
-        self, request: GenerationRequest, reason: FinishReason | None, now: float, shown: str = ""
-    ) -> None:
-        """End one completion: send ``shown`` (new text not yet delivered), the text held back
-        and the finish reason; count it. ``reason`` None: cancelled (nobody is listening)."""
-        request.phase = Phase.DONE
-        text = shown + request.text.release()
-        if reason is not None:
-            self._publisher.deliver(request, text, reason)
-            self._publisher.urgent = True
-        per_char = None
-        chars = len(request.text.chars)
-        if request.first_char_at is not None and chars > 1:
-            per_char = (request.last_char_at - request.first_char_at) / (chars - 1)
-        self.counters.completion_done(
-            "cancelled" if reason is None else reason.value,
-            len(text) - len(shown),
-            now - request.admitted_at,
-            per_char,
-        )
-
-    def _publish(self, force: bool = False) -> None:
-        """Hand what is ready to the event loops (see ``app.engine.publisher``)."""
-        self._publisher.publish(len(self._batch.rows), force)
-
     def _end_running(self, error: BaseException | None) -> None:
         """End the work in progress: completions with ``"abort"`` (or ``error``, raised in their
         stream), scoring requests with ``error``."""
+        self._decoder.end_all(error)
         now = time.monotonic()
         with self._cond:
-            running = self._prompting + self._batch.rows
-            self._prompting = []
-            self._batch = DecodeBatch([])
-        for request in running:
+            prompting, self._prompting = self._prompting, []
+        for request in prompting:
             if request.cancelled:
                 continue
             if error is None:
-                self._finish(request, FinishReason.ABORT, now)
+                self._decoder.finish(request, FinishReason.ABORT, now)
             else:
                 request.phase = Phase.DONE
                 self._publisher.fail(request, error, request.text.shown)

@@ -4,6 +4,8 @@ micro-batched scoring. Each test builds a tiny real model; nothing is mocked."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,12 +24,13 @@ from app.engine.engine import (
 from app.engine.errors import RequestTimeoutError
 from app.engine.params import GenerationParams
 from app.engine.requests import CompletionText
-from models.checkpoint import LoadedCheckpoint
+from models.checkpoint import LoadedCheckpoint, save_checkpoint
 from models.config import ModelConfig
 from models.recurrent import GRULM, LSTMLM
 from models.sampling import SamplingParams, generate
 from models.scoring import score_texts
 from models.vocab import CharVocab
+from training.cli import sample_main
 
 T = TypeVar("T")
 VOCAB = CharVocab(list("abcdefgh .\n"))
@@ -127,6 +130,49 @@ def test_completion_unchanged_by_neighbours(arch: str, cls: Any) -> None:
     assert len(alone) == 120
 
 
+def test_same_seed_alone_and_beside_255_others() -> None:
+    """256 completions with one seed and one setting, half of them with a stop string, in one
+    batch: each half gives one text, the text the request gives alone and the plain loop's
+    (``charlm-sample``'s), with its stop string and without."""
+    ckpt = make_checkpoint()
+    params = SamplingParams(temperature=1.1, top_p=0.95)
+    stop = ("h.",)
+
+    async def scenario(engine: ModelEngine) -> tuple[list[str], list[str], list[str]]:
+        alone = [(await complete(engine, "ab", 150, params, 42, s))[0] for s in ((), stop)]
+        crowd = await asyncio.gather(
+            *(complete(engine, "ab", 150, params, 42, stop if i % 2 else ()) for i in range(256))
+        )
+        rows = engine.histograms()["decode_batch_rows"]
+        assert rows.cumulative[rows.bounds.index(128)] < rows.count  # steps of over 128 rows
+        return alone, [t for t, _ in crowd[0::2]], [t for t, _ in crowd[1::2]]
+
+    alone, plain, stopped = run(scenario, ckpt, max_batch_size=256, max_queue=256)
+    assert set(plain) == {alone[0]} and set(stopped) == {alone[1]}
+    assert alone[0] == reference(ckpt, "ab", 150, params, 42)[0]
+    assert (alone[1], "stop") == reference(ckpt, "ab", 150, params, 42, stop)
+    assert len(alone[0]) == 150 and len(alone[1]) < 150
+
+
+def test_charlm_sample_gives_the_servers_text(tmp_path: Path) -> None:
+    """``charlm-sample`` with the engine's seed, prompt and settings prints the engine's text."""
+    ckpt = make_checkpoint()
+    path = tmp_path / "tiny.safetensors"
+    save_checkpoint(path, ckpt.model, ckpt.vocab)
+    params = SamplingParams(temperature=0.9, top_k=6, top_p=0.9)
+
+    async def scenario(engine: ModelEngine) -> str:
+        return (await complete(engine, "ba", 200, params, seed=2024))[0]
+
+    served = run(scenario, ckpt)
+    out = io.StringIO()
+    args = ["--checkpoint", str(path), "--prompt", "ba", "--length", "200", "--seed", "2024"]
+    args += ["--temperature", "0.9", "--top-k", "6", "--top-p", "0.9"]
+    with contextlib.redirect_stdout(out):
+        assert sample_main(args) == 0
+    assert out.getvalue() == "ba" + served + "\n"
+
+
 def test_each_row_keeps_its_settings() -> None:
     """Rows with different temperature, top-k, top-p, stop strings and seeds, run in one batch,
     each give exactly what the plain loop gives with those settings."""
@@ -194,14 +240,14 @@ def test_rows_joining_a_lone_stream_and_leaving_change_nothing() -> None:
 def test_stop_strings_are_never_streamed() -> None:
     """Characters that could begin a stop string are held back; no chunk shows part of one."""
     seen = CompletionText(["abc", "bd"])
-    shown = [seen.append(ch) for ch in "xxabxab"]
+    shown = [seen.extend(ch) for ch in "xxabxab"]
     assert "".join(shown) == "xxabx"  # the trailing "ab" could still become "abc"
     assert not seen.stopped
-    assert seen.append("c") == "" and seen.stopped
-    assert seen.release() == "" and seen.text == "xxabx"
+    assert seen.extend("c") == "" and seen.stopped
+    assert seen.release() == "" and seen.length == seen.shown == 5
     other = CompletionText(["bd"])
-    assert [other.append(c) for c in "abb"] == ["a", "", "b"]
-    assert other.append("d") == "" and other.text == "ab"
+    assert [other.extend(c) for c in "abb"] == ["a", "", "b"]
+    assert other.extend("d") == "" and other.length == 2
 
 
 def test_coalesces_characters_into_few_chunks() -> None:

@@ -1,5 +1,5 @@
-"""Hand-off of completion text from the worker thread to the event loop: coalesced until the
-publishing interval passes, at once when urgent; one wake-up per event loop."""
+"""Hand-off of completion text from the worker thread to the event loop: kept until a
+publication, one wake-up per event loop; the interval between deliveries grows with the rows."""
 
 from __future__ import annotations
 
@@ -8,16 +8,14 @@ import asyncio
 import numpy as np
 
 from app.engine.params import FinishReason, GenerationParams
-from app.engine.publisher import Publisher
+from app.engine.publisher import STREAM_INTERVAL_PER_ROW_S, Publisher
 from app.engine.requests import CompletionText, GenerationRequest, Mailbox
-from models.sampling import make_generator
 
 
 def make_request(loop: asyncio.AbstractEventLoop) -> GenerationRequest:
     return GenerationRequest(
         ids=np.array([1], dtype=np.int64),
         params=GenerationParams(max_chars=100),
-        generator=make_generator(0)[0],
         seed=0,
         text=CompletionText(()),
         mailbox=Mailbox(loop),
@@ -26,43 +24,46 @@ def make_request(loop: asyncio.AbstractEventLoop) -> GenerationRequest:
     )
 
 
-def test_text_waits_for_the_interval_unless_urgent() -> None:
+def test_text_waits_for_the_publication_and_comes_as_one_piece() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        publisher = Publisher(stream_interval_s=3600.0)
+        publisher = Publisher(stream_interval_s=0.004)
         request = make_request(loop)
         box = request.mailbox
         for char in "ab":
-            request.text.append(char)
-            publisher.deliver(request, char)
-        publisher.urgent = True  # a first character: published at once
-        publisher.publish(generating_rows=1)
+            publisher.deliver(request, request.text.extend(char))
+        await asyncio.sleep(0.01)
+        assert not box.event.is_set()  # kept until published
+        publisher.publish()
         await asyncio.wait_for(box.event.wait(), 5)
         box.event.clear()
         assert box.take() == ("ab", 2, None, None)
 
-        request.text.append("c")
-        publisher.deliver(request, "c")
-        publisher.publish(generating_rows=1)  # within the interval: kept back
-        await asyncio.sleep(0.01)
-        assert not box.event.is_set()
-        request.text.append("d")
-        publisher.deliver(request, "d", finish=FinishReason.LENGTH)
-        publisher.publish(generating_rows=1, force=True)
+        publisher.deliver(request, request.text.extend("cd"))
+        publisher.deliver(request, request.text.release(), finish=FinishReason.LENGTH)
+        publisher.publish()
+        publisher.publish()  # nothing new: no second wake-up
         await asyncio.wait_for(box.event.wait(), 5)
         assert box.take() == ("cd", 4, "length", None)
 
     asyncio.run(main())
 
 
+def test_interval_grows_with_the_rows() -> None:
+    publisher = Publisher(stream_interval_s=0.004)
+    assert publisher.interval(1) == 0.004
+    assert publisher.interval(32) == 32 * STREAM_INTERVAL_PER_ROW_S > 0.004
+    assert publisher.interval(128) == 4 * publisher.interval(32)
+
+
 def test_failure_reaches_the_consumer() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        publisher = Publisher(stream_interval_s=3600.0)
+        publisher = Publisher(stream_interval_s=0.004)
         request = make_request(loop)
         error = RuntimeError("model failed")
         publisher.fail(request, error, num_chars=0)
-        publisher.publish(generating_rows=0, force=True)  # as the worker does when it ends
+        publisher.publish()  # as the worker does when it ends
         await asyncio.wait_for(request.mailbox.event.wait(), 5)
         assert request.mailbox.take() == ("", 0, None, error)
 
