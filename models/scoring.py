@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from models.base import CharLM, State
 from models.vocab import BOS_ID, UNK_ID, CharVocab
@@ -95,6 +95,27 @@ def row_score(
     )
 
 
+def target_logprobs(
+    logits: Tensor, targets: Tensor, top_k: int = 0
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The log-probability of each target under its logits, and the top ``top_k`` alternatives.
+
+    ``logits`` (..., V), ``targets`` (...) long -> log-probabilities (...) float32 and, when
+    ``top_k``, their ids and log-probabilities (..., k). Without the top-k, the log-softmax and
+    the gather are one fused op (``cross_entropy``: the same figures, no (..., V) result kept).
+    """
+    vocab = logits.shape[-1]
+    if not top_k:
+        flat = nn.functional.cross_entropy(
+            logits.reshape(-1, vocab).float(), targets.reshape(-1), reduction="none"
+        )
+        return flat.neg().view(targets.shape), None, None
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    values, indices = logprobs.topk(top_k, dim=-1)
+    return picked, indices, values
+
+
 def chunk_length(batch_size: int, vocab_size: int) -> int:
     """Time steps per forward so that the log-probabilities stay within a fixed memory bound."""
     return max(1, min(_MAX_CHUNK, _MAX_LOGIT_ELEMENTS // max(1, batch_size * vocab_size)))
@@ -146,12 +167,11 @@ def score_id_sequences(
     step = chunk_length(batch, vocab_size)
     for start in range(0, total, step):
         stop = min(start + step, total)
-        logits, state = model(ids[:, start:stop], state)
-        lp = torch.log_softmax(logits.float(), dim=-1)  # (B, t, V)
-        targets = ids[:, start + 1 : stop + 1]
-        logprobs[:, start:stop] = lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
+        logits, state = model(ids[:, start:stop], state)  # (B, t, V)
+        picked, indices, values = target_logprobs(logits, ids[:, start + 1 : stop + 1], k)
+        logprobs[:, start:stop] = picked.cpu()
         if top_ids is not None and top_lp is not None:
-            values, indices = lp.topk(k, dim=-1)
+            assert indices is not None and values is not None
             top_lp[:, start:stop] = values.cpu()
             top_ids[:, start:stop] = indices.cpu()
     return [
