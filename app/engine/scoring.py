@@ -3,9 +3,10 @@
 Every text is a row that reads ``BOS``, its context and itself, a chunk of up to ``max_steps`` ids
 per round, beside every other text being scored. Rows join and leave between rounds as completions
 do, so a request never waits for a batch to form and a long text never holds back short ones (nor
-the completions' steps) for more than one round. The figures are those of
-``models.scoring.score_id_sequences`` for the same text alone: the same state is carried from chunk
-to chunk, and no row ever reads padding.
+the completions' steps) for more than one round. A round is one forward of the padded batch
+(``round_ends``). The figures are those of ``models.scoring.score_id_sequences`` for the same text
+alone: the same state is carried from chunk to chunk, and no row whose state is kept reads
+padding.
 
 Requests are taken from the scheduler's queue while fewer texts than a batch are in hand; each
 round turns the requests just taken into rows, advances up to a batch of rows by one chunk and
@@ -24,12 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from app.engine.batching import staircase
 from app.engine.publisher import resolve_all
 from app.engine.requests import Phase, ScoreRequest
 from app.engine.stats import EngineCounters
-from models.base import CharLM, State
-from models.scoring import TextScore
+from models.base import CharLM, State, concat_states
+from models.scoring import TextScore, target_logprobs
 from models.vocab import BOS_ID, UNK_ID, CharVocab
 
 
@@ -85,7 +85,7 @@ def make_rows(request: ScoreRequest, vocab: CharVocab, vocab_size: int) -> list[
 def steps_per_round(rows: int, budget: int = 4096) -> int:
     """Ids each row reads in one round: about ``budget`` row-steps, 16 to 64 per row (short
     rounds let texts that arrive meanwhile join soon, and keep completions' steps flowing); a
-    row's last chunk may be a quarter longer (``chunk_end``)."""
+    round may be a quarter longer (``chunk_end``, ``round_ends``)."""
     return max(16, min(64, budget // max(1, rows)))
 
 
@@ -100,34 +100,54 @@ def chunk_end(row: ScoreRow, max_steps: int) -> int:
     return last if last - end <= max_steps // 4 else end
 
 
+def round_ends(rows: Sequence[ScoreRow], max_steps: int) -> list[int]:
+    """Where each row's chunk ends this round. A row that finishes reads the rest of its text
+    (``chunk_end``); every other row reads the round's width, its longest chunk. So every row
+    whose state is kept reads the same number of ids, and one padded forward serves the round:
+    only rows that finish read padding, and their state is dropped. (A row that goes on has
+    more than ``max_steps + max_steps // 4`` ids left, at least the width: it does not finish.)"""
+    ends = [chunk_end(r, max_steps) for r in rows]
+    width = max(end - r.pos for r, end in zip(rows, ends, strict=True))
+    return [
+        end if end == len(r.ids) - 1 else r.pos + width for r, end in zip(rows, ends, strict=True)
+    ]
+
+
 def advance_scoring(model: CharLM, rows: Sequence[ScoreRow], max_steps: int) -> int:
-    """Read the next chunk of every row (``chunk_end``); returns the ids read in all."""
+    """Read the next chunk of every row (``round_ends``) in one forward of the padded batch;
+    returns the ids read in all."""
     rows = [r for r in rows if not r.done]
     if not rows:
         return 0
-    segments = [r.ids[r.pos : chunk_end(r, max_steps)] for r in rows]
-    results = staircase(model, segments, [r.state for r in rows])
-    # all rows' positions at once: (sum t, V) log-probabilities, targets are the next ids
-    logprobs = torch.log_softmax(torch.cat([lg for _, lg in results]).float(), dim=-1)
-    targets = np.concatenate(
-        [r.ids[r.pos + 1 : r.pos + 1 + len(s)] for r, s in zip(rows, segments, strict=True)]
-    )
-    picked = logprobs.gather(-1, torch.from_numpy(targets).to(logprobs.device).unsqueeze(-1))
-    picked = picked.squeeze(-1).cpu()
+    ends = round_ends(rows, max_steps)
+    lengths = [end - r.pos for r, end in zip(rows, ends, strict=True)]
+    width = max(lengths)
+    inputs = np.full((len(rows), width), BOS_ID, dtype=np.int64)  # (R, W), padding trails
+    targets = np.zeros((len(rows), width), dtype=np.int64)  # the next ids; 0 under padding
+    for i, (row, end) in enumerate(zip(rows, ends, strict=True)):
+        inputs[i, : end - row.pos] = row.ids[row.pos : end]
+        targets[i, : end - row.pos] = row.ids[row.pos + 1 : end + 1]
+    device = model.device
+    fresh = model.initial_state(1, device)
+    state = concat_states([r.state if r.state is not None else fresh for r in rows])
+    logits, state = model(torch.from_numpy(inputs).to(device), state)  # (R, W, V)
     k_max = max((r.top_ids.shape[1] for r in rows if r.top_ids is not None), default=0)
-    top = logprobs.topk(k_max, dim=-1) if k_max else None
-    offset = 0
-    for row, segment, (state, _) in zip(rows, segments, results, strict=True):
-        t = len(segment)
-        row.logprobs[row.pos : row.pos + t] = picked[offset : offset + t]
-        if top is not None and row.top_ids is not None and row.top_logprobs is not None:
+    picked, top_ids, top_logprobs = target_logprobs(
+        logits, torch.from_numpy(targets).to(device), k_max
+    )
+    picked = picked.cpu()  # (R, W)
+    if top_ids is not None and top_logprobs is not None:
+        top_ids, top_logprobs = top_ids.cpu(), top_logprobs.cpu()  # (R, W, k_max)
+    for i, (row, end, t) in enumerate(zip(rows, ends, lengths, strict=True)):
+        row.logprobs[row.pos : end] = picked[i, :t]
+        if top_ids is not None and row.top_ids is not None and row.top_logprobs is not None:
+            assert top_logprobs is not None
             k = row.top_ids.shape[1]
-            row.top_logprobs[row.pos : row.pos + t] = top.values[offset : offset + t, :k].cpu()
-            row.top_ids[row.pos : row.pos + t] = top.indices[offset : offset + t, :k].cpu()
-        row.pos += t
-        row.state = None if row.done else state
-        offset += t
-    return offset
+            row.top_ids[row.pos : end] = top_ids[i, :t, :k]
+            row.top_logprobs[row.pos : end] = top_logprobs[i, :t, :k]
+        row.pos = end
+        row.state = None if row.done else tuple(s[i : i + 1] for s in state)
+    return sum(lengths)
 
 
 def fail_scorings(scorings: list[ScoreRequest], error: BaseException) -> None:

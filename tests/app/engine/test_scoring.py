@@ -13,11 +13,19 @@ import torch
 
 from app.engine.errors import EngineClosedError
 from app.engine.requests import Phase, ScoreRequest
-from app.engine.scoring import ScoreRounds, ScoreRow, advance_scoring, chunk_end, make_rows
+from app.engine.scoring import (
+    ScoreRounds,
+    ScoreRow,
+    advance_scoring,
+    chunk_end,
+    make_rows,
+    round_ends,
+)
 from app.engine.stats import EngineCounters
 from models.checkpoint import LoadedCheckpoint
 from models.config import ModelConfig
 from models.recurrent import LSTMLM
+from models.registry import available_architectures, build_model, model_class
 from models.scoring import score_texts
 from models.vocab import CharVocab
 
@@ -80,6 +88,55 @@ def test_rows_read_in_chunks_from_different_positions_score_as_alone() -> None:
         torch.testing.assert_close(got.top_logprobs, want.top_logprobs, atol=1e-5, rtol=0)
         assert row.state is None  # done rows keep no state
     assert np.all([r.done for r in running])
+
+
+def test_rows_that_go_on_read_the_width_of_the_round() -> None:
+    """Rows that finish read their rest; the others all read the longest chunk."""
+    rows = rows_of(["a" * 200, "b" * 70, "c" * 30, "d" * 300, "e" * 100])
+    rows[0].pos, rows[3].pos = 40, 10
+    ends = round_ends(rows, 64)
+    # 160 left: 64 (goes on); 70: all 70 (finishes); 30: 30; 290: 64; 100: 64
+    assert ends == [40 + 70, 70, 30, 10 + 70, 70]
+    assert round_ends(rows[2:3], 64) == [30]
+    assert round_ends([rows[0], rows[4]], 64) == [40 + 64, 64]
+
+
+CAUSAL = [a for a in available_architectures() if model_class(a).can_generate]
+
+
+@pytest.mark.parametrize("arch", CAUSAL)
+def test_a_round_is_one_forward_and_mixed_lengths_score_as_alone(arch: str) -> None:
+    """Texts of mixed lengths joining at different rounds: every round is one forward of the
+    padded batch, and every architecture gives the figures of each text scored alone."""
+    torch.manual_seed(4)
+    config = ModelConfig(arch, len(VOCAB), embed_size=8, hidden_size=20, num_layers=2)
+    lm = build_model(config).eval()
+    forwards = 0
+
+    def count(*_: object) -> None:
+        nonlocal forwards
+        forwards += 1
+
+    texts = ["abc" * 40, "h", "gg.\nba" * 13, "", "d e f" * 9, "ab" * 21, "c" * 19]
+    rows = rows_of(texts, context="hag", top_k=2)
+    running: list[ScoreRow] = []
+    rounds = 0
+    handle = lm.register_forward_hook(count)
+    with torch.inference_mode():
+        while rows or any(not r.done for r in running):
+            running.extend(rows[:2])  # two more texts join every round
+            del rows[:2]
+            advance_scoring(lm, running, 16)
+            rounds += 1
+        handle.remove()
+        alone = [score_texts(lm, VOCAB, [t], "hag", top_k=2)[0] for t in texts]
+    assert forwards == rounds
+    for row, want in zip(running, alone, strict=True):
+        got = row.result()
+        assert got.num_chars == want.num_chars
+        torch.testing.assert_close(got.logprobs, want.logprobs, atol=1e-5, rtol=0)
+        assert got.top_logprobs is not None and want.top_logprobs is not None
+        torch.testing.assert_close(got.top_logprobs, want.top_logprobs, atol=1e-5, rtol=0)
 
 
 def model() -> LSTMLM:
