@@ -273,6 +273,6 @@ def generate(
             if cut is not None:
                 texts[i] = texts[i][:cut]
                 finished[i] = "stop"
-        logits_seq, state = model(next_ids.unsqueeze(-1), state)
+        logits_seq, state = model.step(next_ids.unsqueeze(-1), state)  # as a server's decode step
         logits = logits_seq[:, -1]
     return [Generation(texts[i], finished[i] or "length", base_seed + i, ids[i]) for i in range(n)]

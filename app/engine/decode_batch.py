@@ -97,7 +97,7 @@ class DecodeBatch:
         """Feed each row the id it drew: the logits of the next character follow."""
         assert self.state is not None and self.next_ids is not None
         use_onednn(False)
-        logits, self.state = model(self.next_ids.unsqueeze(-1), self.state)  # (R, 1, V)
+        logits, self.state = model.step(self.next_ids.unsqueeze(-1), self.state)  # (R, 1, V)
         self.logits = logits[:, -1]
         self.next_ids = None
 
