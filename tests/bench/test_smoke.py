@@ -174,12 +174,18 @@ ELSEWHERE = {
     "scale": "bench/scale.py brings up the compose stack: it needs a Docker engine, not loopback",
 }
 
+#: scripts whose smoke run is tested in a file of its own beside this one
+OWN_FILE = {"hot_swap": "test_hot_swap_smoke.py"}
+
 
 def test_every_benchmark_script_has_a_smoke_case() -> None:
-    missing = scripts_with_main() - set(CASES) - set(ELSEWHERE)
+    missing = scripts_with_main() - set(CASES) - set(ELSEWHERE) - set(OWN_FILE)
     assert not missing, f"bench scripts without a smoke case here: {sorted(missing)}"
-    for name in CASES:
+    for name in [*CASES, *OWN_FILE]:
         assert '"--smoke"' in (BENCH / f"{name}.py").read_text(encoding="utf-8"), name
+    for name, test_file in OWN_FILE.items():
+        text = (Path(__file__).parent / test_file).read_text(encoding="utf-8")
+        assert '"--smoke"' in text and f"{name}.main(" in text, test_file
 
 
 @pytest.mark.parametrize("name", sorted(ELSEWHERE))
