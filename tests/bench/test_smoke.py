@@ -175,7 +175,10 @@ ELSEWHERE = {
 }
 
 #: scripts whose smoke run is tested in a file of its own beside this one
-OWN_FILE = {"hot_swap": "test_hot_swap_smoke.py"}
+OWN_FILE = {
+    "hot_swap": "test_hot_swap_smoke.py",
+    "score_corpus": "test_score_corpus_smoke.py",
+}
 
 
 def test_every_benchmark_script_has_a_smoke_case() -> None:
