@@ -1,25 +1,44 @@
-"""Validation loss with the scoring convention the server uses.
+"""Validation loss with the scoring convention the server uses, read exactly or as parallel streams.
 
-Each document is scored as one text, as ``/v1/score`` scores it: the model starts from
-``initial_state``, reads ``BOS_ID`` first and then every character, carrying the state through the
-whole document (``models.scoring``). A bidirectional model gives the pseudo-log-likelihood of the
-whole document, each character seen with its full left and right context (``models.infill``).
-``charlm-eval`` and the training loop both call :func:`evaluate_docs`, so the two report the same
-figure for the same text.
+The exact reading (``Reading(streams=1)``, what ``charlm-eval`` uses) scores each document as one
+text, as ``/v1/score`` scores it: the model starts from ``initial_state``, reads ``BOS_ID`` first
+and then every character, carrying the state through the whole document (``models.scoring``).
+
+The parallel reading (training validation, ``Reading(streams=S)``) cuts long documents into
+contiguous pieces of at least ``MIN_STREAM_CHARS`` characters, at most ``S`` pieces over the whole
+text, and reads the pieces side by side as the rows of one batch; the state is carried within each
+piece. A document's first piece starts exactly as the exact reading does. A later piece starts from
+``initial_state`` too, reads ``BOS_ID`` and the ``warmup`` characters before it (read, not scored,
+the ``context`` of ``models.scoring``) and then scores its own characters. Every character is
+scored once; only the first characters of the later pieces see a shorter history than in the
+exact reading, so the figure is an estimate of the exact one, close when ``warmup`` exceeds the
+model's memory (docs/training.md gives the measured difference).
+
+A bidirectional model gives the pseudo-log-likelihood of each whole document, every character
+seen with its full left and right context (``models.infill``), whatever the reading.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from models.base import CharLM
 from models.infill import pll_score_id_sequences
+from models.sampling import SamplingParams, generate
 from models.scoring import PerCharFigures, score_id_sequences
-from models.vocab import UNK_ID
+from models.vocab import UNK_ID, CharVocab
+
+#: the shortest piece the parallel reading cuts a document into, in scored characters: with the
+#: default warm-up the characters read but not scored stay under 1/8 of those scored
+MIN_STREAM_CHARS = 1024
+#: characters per stream that ``estimate_seconds`` reads to time a validation
+PROBE_CHARS = 32
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,58 @@ class EvalResult(PerCharFigures):
         }
 
 
+@dataclass(frozen=True)
+class Piece:
+    """Characters ``[start, stop)`` of document ``doc``, scored after reading ``[context, start)``
+    unscored."""
+
+    doc: int
+    context: int
+    start: int
+    stop: int
+
+    @property
+    def num_read(self) -> int:
+        return self.stop - self.context
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How the documents are read: ``streams`` rows per forward, long documents cut into
+    contiguous pieces of at least ``MIN_STREAM_CHARS`` characters, ``streams`` pieces at most
+    unless there are more documents (see the module docstring); ``streams=1`` is the exact
+    reading."""
+
+    streams: int = 1
+    warmup: int = 128
+
+    def __post_init__(self) -> None:
+        if self.streams < 1:
+            raise ValueError("streams must be >= 1")
+        if self.warmup < 0:
+            raise ValueError("warmup must be >= 0")
+
+    def pieces(self, lengths: Sequence[int]) -> list[Piece]:
+        """The pieces of documents of these ``lengths`` (empty ones have none), in order."""
+        total = sum(lengths)
+        if self.streams == 1:
+            piece_len = max(total, 1)  # one piece per document
+        else:
+            piece_len = max(MIN_STREAM_CHARS, math.ceil(total / self.streams))
+        out: list[Piece] = []
+        for doc, length in enumerate(lengths):
+            # no more pieces than streams over all documents (but one per document at least)
+            count = max(1, length // piece_len) if length else 0
+            # equal pieces within a document: the batch's rows end together, little padding
+            bounds = [round(i * length / count) for i in range(count + 1)] if count else []
+            for start, stop in itertools.pairwise(bounds):
+                out.append(Piece(doc, max(0, start - self.warmup), start, stop))
+        return out
+
+
+EXACT = Reading(streams=1)
+
+
 def limit_docs(docs: Sequence[np.ndarray], max_chars: int | None) -> list[np.ndarray]:
     """The leading documents (the last one cut) holding at most ``max_chars`` characters."""
     if max_chars is None:
@@ -58,23 +129,96 @@ def limit_docs(docs: Sequence[np.ndarray], max_chars: int | None) -> list[np.nda
     return kept
 
 
-def evaluate_docs(model: CharLM, docs: Sequence[np.ndarray]) -> EvalResult:
-    """Score every document on its own, one stream each, and sum (eval mode is restored after)."""
-    score_ids = score_id_sequences if model.can_generate else pll_score_id_sequences
+def _batches(
+    arrays: Sequence[np.ndarray], reading: Reading
+) -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """Each forward's texts and contexts (see ``models.scoring``)."""
+    pieces = reading.pieces([len(a) for a in arrays])
+    # longest first: each batch's rows have similar lengths, so padding wastes little
+    pieces.sort(key=lambda p: p.num_read, reverse=True)
+    for first in range(0, len(pieces), reading.streams):
+        batch = pieces[first : first + reading.streams]
+        texts = [arrays[p.doc][p.start : p.stop] for p in batch]
+        contexts = [arrays[p.doc][p.context : p.start] for p in batch]
+        yield texts, contexts
+
+
+def evaluate_docs(
+    model: CharLM, docs: Sequence[np.ndarray], reading: Reading = EXACT
+) -> EvalResult:
+    """Score ``docs`` as ``reading`` says and sum (eval mode is restored after)."""
     was_training = model.training
     model.eval()
     try:
+        if not model.can_generate:
+            return _pseudo_likelihood(model, docs)
+        arrays = [np.asarray(doc, dtype=np.int64) for doc in docs]
         total = 0.0
-        chars = 0
         unknown = 0
-        for doc in docs:
-            if len(doc) == 0:
-                continue
-            ids = np.asarray(doc, dtype=np.int64)
-            (score,) = score_ids(model, [ids])
-            total -= score.logprob
-            chars += score.num_chars
-            unknown += int(np.count_nonzero(ids == UNK_ID))
+        for texts, contexts in _batches(arrays, reading):
+            for score in score_id_sequences(model, texts, contexts):
+                total -= score.logprob
+                unknown += score.num_unknown
+        return EvalResult(total, sum(len(a) for a in arrays), unknown)
     finally:
         model.train(was_training)
+
+
+def sample_text(model: CharLM, vocab: CharVocab, chars: int) -> str | None:
+    """``chars`` characters from the start of a text at temperature 0.8 with seed 0, as shown at
+    each validation (``None`` when there are none or the model cannot generate)."""
+    if not chars or not model.can_generate:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        (gen,) = generate(model, vocab, "", chars, SamplingParams(temperature=0.8), 0)
+    finally:
+        model.train(was_training)
+    return gen.text
+
+
+def estimate_seconds(
+    model: CharLM,
+    docs: Sequence[np.ndarray],
+    reading: Reading,
+    now: Callable[[], float] = time.perf_counter,
+) -> float:
+    """The seconds ``evaluate_docs(model, docs, reading)`` should take, from a timed read of
+    ``PROBE_CHARS`` characters of its widest batch (the first forward's set-up makes the figure
+    high, not low)."""
+    arrays = [np.asarray(doc, dtype=np.int64) for doc in docs if len(doc)]
+    if not arrays:
+        return 0.0
+    was_training = model.training
+    model.eval()
+    try:
+        started = now()
+        if not model.can_generate:  # one forward over each whole document: time a slice
+            part = arrays[0][: 64 * PROBE_CHARS]
+            _pseudo_likelihood(model, [part])
+            return (now() - started) * sum(len(a) for a in arrays) / len(part)
+        steps = 0  # time steps of the whole reading: a batch runs as long as its longest row
+        first: list[np.ndarray] = []
+        for texts, contexts in _batches(arrays, reading):
+            steps += 1 + max(len(t) + len(c) for t, c in zip(texts, contexts, strict=True))
+            first = first or [t[:PROBE_CHARS] for t in texts]
+        score_id_sequences(model, first)
+        return (now() - started) * steps / (1 + max(len(t) for t in first))
+    finally:
+        model.train(was_training)
+
+
+def _pseudo_likelihood(model: CharLM, docs: Sequence[np.ndarray]) -> EvalResult:
+    total = 0.0
+    chars = 0
+    unknown = 0
+    for doc in docs:
+        if len(doc) == 0:
+            continue
+        ids = np.asarray(doc, dtype=np.int64)
+        (score,) = pll_score_id_sequences(model, [ids])
+        total -= score.logprob
+        chars += score.num_chars
+        unknown += int(np.count_nonzero(ids == UNK_ID))
     return EvalResult(total, chars, unknown)

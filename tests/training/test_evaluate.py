@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,16 @@ from models.infill import pll_score_texts
 from models.registry import build_model
 from models.scoring import chunk_length
 from models.vocab import CharVocab
-from training.evaluate import evaluate_docs, limit_docs
+from tests.support import make_corpus, train_tiny_model
+from training.evaluate import (
+    EXACT,
+    MIN_STREAM_CHARS,
+    PROBE_CHARS,
+    Reading,
+    estimate_seconds,
+    evaluate_docs,
+    limit_docs,
+)
 
 
 @pytest.mark.parametrize("arch", ["bilstm", "bigru"])
@@ -28,6 +39,8 @@ def test_a_bidirectional_model_is_scored_by_its_pseudo_likelihood(arch: str) -> 
     model.train()  # evaluation switches to eval mode and back
     result = evaluate_docs(model, docs)
     assert model.training
+    # the pseudo-likelihood of each whole document, however the reading would cut it
+    assert evaluate_docs(model, docs, Reading(8, 16)).total_nats == result.total_nats
     model.eval()
     scores = pll_score_texts(model, vocab, [short, long])
     # every character, the last one of each text included, is in its neighbours' context
@@ -42,3 +55,61 @@ def test_limit_docs_cuts_the_last_kept_document() -> None:
     kept = limit_docs(docs, 7)
     assert [len(d) for d in kept] == [5, 2]
     assert all(a is b for a, b in zip(limit_docs(docs, None), docs, strict=True))
+
+
+def test_pieces_cover_every_character_once_with_a_warm_up_before_mid_text_starts() -> None:
+    reading = Reading(streams=4, warmup=10)
+    lengths = [5000, 0, 300, 2500]
+    pieces = reading.pieces(lengths)
+    for doc, length in enumerate(lengths):
+        mine = [p for p in pieces if p.doc == doc]
+        bounds = [p.start for p in mine] + [length] if mine else []
+        assert [(p.start, p.stop) for p in mine] == list(itertools.pairwise(bounds))
+        assert bool(mine) == (length > 0)
+        if mine:
+            # a document's first piece starts at its start; the others read 10 characters first
+            assert (mine[0].context, mine[0].start) == (0, 0)
+            assert all(p.start - p.context == 10 for p in mine[1:])
+            assert all(p.stop - p.start >= min(length, MIN_STREAM_CHARS) for p in mine)
+    # 7,800 characters as 4 streams: pieces of at least 1,950, one per document at least
+    assert [len([p for p in pieces if p.doc == d]) for d in range(4)] == [2, 0, 1, 1]
+    # the exact reading: one piece per non-empty document, nothing read unscored
+    assert [(p.doc, p.context, p.start, p.stop) for p in EXACT.pieces(lengths)] == [
+        (0, 0, 0, 5000),
+        (2, 0, 0, 300),
+        (3, 0, 0, 2500),
+    ]
+
+
+def test_parallel_reading_is_close_to_the_exact_one() -> None:
+    """A trained model's figure read as 16 streams differs from one stream per document by
+    far less than the 3rd decimal; with no warm-up the streams' first characters show."""
+    model, vocab = train_tiny_model(make_corpus(300), steps=200)
+    val = make_corpus(1200)
+    docs = [vocab.encode_array(val), vocab.encode_array(val[:3000])]
+    exact = evaluate_docs(model, docs)
+    parallel = evaluate_docs(model, docs, Reading(streams=16, warmup=128))
+    cold = evaluate_docs(model, docs, Reading(streams=16, warmup=0))
+    assert 8 < len(Reading(16).pieces([len(d) for d in docs])) <= 16
+    assert parallel.num_chars == exact.num_chars == len(val) + 3000
+    assert parallel.nats_per_char == pytest.approx(exact.nats_per_char, rel=1e-5)
+    error, cold_error = (abs(r.total_nats - exact.total_nats) for r in (parallel, cold))
+    assert cold_error > 10 * error
+
+
+def test_a_text_shorter_than_two_pieces_is_read_exactly() -> None:
+    model, vocab = train_tiny_model(make_corpus(50), steps=20)
+    docs = [vocab.encode_array(make_corpus(90))]
+    assert len(docs[0]) < 2 * MIN_STREAM_CHARS
+    exact = evaluate_docs(model, docs)
+    assert evaluate_docs(model, docs, Reading(128)).total_nats == exact.total_nats
+
+
+def test_the_estimate_scales_a_timed_slice_to_the_whole_reading() -> None:
+    model, vocab = train_tiny_model(make_corpus(50), steps=1)
+    docs = [vocab.encode_array(make_corpus(400))[:5000]]
+    ticks = itertools.count()
+    # one tick for the probe of 1 + PROBE_CHARS steps; the reading's longest row is a piece of
+    # 1,250 characters after 10 of warm-up, read after BOS
+    seconds = estimate_seconds(model, docs, Reading(4, 10), now=lambda: float(next(ticks)))
+    assert seconds == pytest.approx((1 + 1260) / (1 + PROBE_CHARS))
