@@ -96,7 +96,7 @@ class ModelEngine:
         max_batch_size: int = 32,
         request_timeout_s: float = 120.0,
         prompt_chunk: int = 256,
-        stream_interval_s: float = 0.02,
+        stream_interval_s: float = 0.004,
         gil_switch_interval_s: float | None = 0.0005,
         on_submitted: Callable[[], None] | None = None,
     ) -> None:

@@ -4,10 +4,10 @@ Completions: new text is kept per request and handed to its ``Mailbox`` at a pub
 consumers are woken with one ``call_soon_threadsafe`` per event loop (each is a socket write that
 gives up the GIL). The worker decodes and delivers text at once for a request's first characters
 and its end, otherwise every ``interval(rows)``: ``stream_interval_s`` or 0.5 ms per generating
-row if that is longer (32 rows: 16 ms, 128 rows: 64 ms), so a stream's characters are coalesced
-into few chunks and the event loop's work per second stays bounded; it publishes after each
-round that delivered something. Scoring requests are resolved the same way, one wake-up per loop
-(``resolve_all``); a call, when it has run (``settle``).
+row if that is longer (with the engine's default, 4 ms for one row, 16 ms for 32, 64 ms for 128),
+so a stream's characters are coalesced into few chunks and the event loop's work per second stays
+bounded; it publishes after each round that delivered something. Scoring requests are resolved
+the same way, one wake-up per loop (``resolve_all``); a call, when it has run (``settle``).
 """
 
 from __future__ import annotations

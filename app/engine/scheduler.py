@@ -53,7 +53,7 @@ class Scheduler:
         max_batch_size: int,
         max_queue: int,
         prompt_chunk: int = 256,
-        stream_interval_s: float = 0.02,
+        stream_interval_s: float = 0.004,
     ) -> None:
         self.model, self.vocab, self.counters = model, vocab, counters
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
