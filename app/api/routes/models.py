@@ -25,13 +25,7 @@ async def list_models(services: ServicesDep) -> ModelList:
     return ModelList(data=model_cards(services.store))
 
 
-@router.get("/models/{model_id}", responses=error_responses(401, 404))
-async def get_model(model_id: str, services: ServicesDep) -> ModelDetails:
-    """Architecture, sizes, parameter count, vocabulary size and training summary."""
-    store = services.store
-    return model_details(store.find(model_id), store.draining_versions(model_id))
-
-
+# before /models/{model_id}: a wrong method on /models/reload is answered with Allow: POST
 @router.post("/models/reload", responses=error_responses(401, 503))
 async def reload_models(services: ServicesDep) -> ReloadResponse:
     """Check the models folder now (the server also does every ``CHARLM_RELOAD_INTERVAL_S``),
@@ -47,6 +41,13 @@ async def reload_models(services: ServicesDep) -> ReloadResponse:
         ],
         data=model_cards(store),
     )
+
+
+@router.get("/models/{model_id}", responses=error_responses(401, 404))
+async def get_model(model_id: str, services: ServicesDep) -> ModelDetails:
+    """Architecture, sizes, parameter count, vocabulary size and training summary."""
+    store = services.store
+    return model_details(store.find(model_id), store.draining_versions(model_id))
 
 
 def model_cards(store: ModelStore) -> list[ModelCard]:

@@ -129,3 +129,11 @@ def test_ready_answers_503_and_connections_close_while_draining(keyed: TestClien
     assert health.status_code == 200 and health.headers["connection"] == "close"
     refused = keyed.post("/v1/models/reload", headers=AUTH)
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
+
+
+def test_the_reload_path_names_its_method(keyed: TestClient) -> None:
+    wrong = keyed.put("/v1/models/reload", headers=AUTH)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    # GET is the details of a model of that name, as for any other id
+    missing = keyed.get("/v1/models/reload", headers=AUTH)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
