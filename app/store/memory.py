@@ -24,13 +24,15 @@ _MALLOC_TRIM = _find_malloc_trim()
 
 
 def release_memory() -> None:
-    """Free what nothing references any more and hand the freed heap back to the system.
+    """Free what nothing references any more and hand the freed heap back to the system; run
+    after a model is loaded or dropped.
 
-    The server freezes what exists after start-up (``gc.freeze`` in ``app.main``), which keeps a
-    model loaded then out of the collector's reach: a model dropped later is collected only
-    after an unfreeze, so this unfreezes, collects and freezes again (one full pass, a few tens
-    of milliseconds). glibc keeps freed memory in its arenas; ``malloc_trim`` returns it, so the
-    process's resident size comes back down after a model is dropped.
+    The server freezes what exists after start-up (``gc.freeze`` in ``app.main``), which keeps
+    the models out of the collector's full passes but also out of its reach: a model dropped
+    later is collected only after an unfreeze, so this unfreezes, collects and freezes again
+    (one full pass, a few tens of milliseconds), which also freezes a model just loaded. glibc
+    keeps freed memory in its arenas; ``malloc_trim`` returns it, so the process's resident size
+    comes back down after a model is dropped.
     """
     frozen = gc.get_freeze_count() > 0
     if frozen:

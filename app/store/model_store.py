@@ -160,6 +160,9 @@ class ModelStore:
                     break
                 retry_failed = False  # the next pass is for the files that moved
             self._update_gauges()
+            if any(c.change in ("added", "replaced") for c in changes):
+                # a new version lives long: out of the collector's full passes with the rest
+                await asyncio.to_thread(release_memory)
             return changes
 
     def _report_missing_folder(self) -> None:
