@@ -126,7 +126,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     store = ModelStore(settings, metrics, on_submitted=release_current)
     keys = [k.encode("utf-8") for k in settings.load_api_keys()]
-    limits = Limits(max_text_chars=settings.max_text_chars, max_new_chars=settings.max_new_chars)
+    limits = Limits(
+        max_text_chars=settings.max_text_chars,
+        max_new_chars=settings.max_new_chars,
+        max_adapt_chars=settings.max_adapt_chars,
+    )
     services = Services(settings, metrics, store, keys, limits)
     metrics.watch_engines(store.engines)
 

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     max_new_chars: int = Field(
         default=4096, ge=1, description="413 above this max_chars / max_tokens"
     )
+    max_adapt_chars: int = Field(
+        default=20_000,
+        ge=1,
+        description="413 above this many chars (texts and context) in a /v1/score request with"
+        " adapt: true, which costs several times a static one and holds the model's worker",
+    )
     max_batch_size: int = Field(default=32, ge=1, description="rows one engine step may hold")
     max_queue: int = Field(default=256, ge=1, description="waiting requests per model before 429")
     request_timeout_s: float = Field(

@@ -19,7 +19,13 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.schemas.common import LimitExceededError
-from app.engine.errors import CannotGenerateError, EngineClosedError, EngineError, QueueFullError
+from app.engine.errors import (
+    CannotAdaptError,
+    CannotGenerateError,
+    EngineClosedError,
+    EngineError,
+    QueueFullError,
+)
 from app.store import (
     ModelNotFoundError,
     ModelRequiredError,
@@ -92,6 +98,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 # domain errors -> (status, type, code, param); the message is the error's own
 _MAPPED: tuple[tuple[type[Exception], int, str, str, str | None], ...] = (
     (CannotGenerateError, 400, INVALID_REQUEST, "cannot_generate", "model"),
+    (CannotAdaptError, 400, INVALID_REQUEST, "cannot_adapt", "adapt"),
     (ModelRequiredError, 400, INVALID_REQUEST, "model_required", "model"),
     (ModelNotFoundError, 404, INVALID_REQUEST, "model_not_found", "model"),
     (ModelUnavailableError, 404, INVALID_REQUEST, "model_unavailable", "model"),

@@ -31,6 +31,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 from app.engine.errors import (
+    CannotAdaptError,
     CannotGenerateError,
     EngineClosedError,
     EngineError,
@@ -48,6 +49,7 @@ from app.engine.requests import (
 )
 from app.engine.scheduler import Scheduler
 from app.engine.stats import EngineCounters, HistogramSnapshot
+from models.adapt import AdaptSettings, adapt_refusal, adaptive_score_texts
 from models.base import CharLM
 from models.checkpoint import LoadedCheckpoint
 from models.infill import InfillResult, infill_text, pll_score_texts
@@ -55,6 +57,7 @@ from models.scoring import TextScore
 from models.vocab import BOS_ID, CharVocab
 
 __all__ = [
+    "CannotAdaptError",
     "CannotGenerateError",
     "EngineClosedError",
     "EngineError",
@@ -171,6 +174,28 @@ class ModelEngine:
         score, ``models.infill.pll_score_texts``), queued like every other request."""
         return await self.run(
             partial(pll_score_texts, texts=list(texts), context=context, top_k=top_k)
+        )
+
+    async def score_adaptive(
+        self, texts: Sequence[str], settings: AdaptSettings, context: str = "", top_k: int = 0
+    ) -> list[TextScore]:
+        """Score each text after ``context`` adapting a private copy of the weights to it as it
+        is read (``models.adapt``), queued like every other request; the served weights never
+        change. ``CannotAdaptError`` (before queueing) when the model cannot adapt."""
+        reason = adapt_refusal(self.checkpoint.model)
+        if reason is not None:
+            raise CannotAdaptError(
+                f"model {self.name!r} ({self.checkpoint.config.arch}) cannot be scored"
+                f" adaptively: {reason}; score it without adapt"
+            )
+        return await self.run(
+            partial(
+                adaptive_score_texts,
+                texts=list(texts),
+                context=context,
+                top_k=top_k,
+                settings=settings,
+            )
         )
 
     async def infill(self, text: str, mask: str, top_k: int = 0) -> InfillResult:

@@ -23,6 +23,10 @@ class CannotGenerateError(EngineError):
     """The model's architecture cannot generate left to right."""
 
 
+class CannotAdaptError(EngineError):
+    """The model cannot be scored adaptively (``models.adapt.adapt_refusal`` says why)."""
+
+
 class RequestTimeoutError(EngineError, TimeoutError):
     """A request waited in the queue longer than the engine's ``request_timeout_s``.
 

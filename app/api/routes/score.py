@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from fastapi import APIRouter
 from starlette.responses import Response
 
@@ -9,6 +11,7 @@ from app.api.deps import ServicesDep
 from app.api.errors import MODEL_ROUTE_ERRORS, APIError, error_responses
 from app.api.responses import model_response
 from app.api.schemas.score import (
+    AdaptUsed,
     CharScore,
     ScoreMode,
     ScoreRequest,
@@ -17,6 +20,7 @@ from app.api.schemas.score import (
     TextScoreResult,
     TopChar,
 )
+from models.adapt import AdaptSettings
 from models.base import CharLM
 from models.scoring import TextScore, bits_per_char, perplexity
 from models.vocab import CharVocab
@@ -36,8 +40,14 @@ async def score(request: ScoreRequest, services: ServicesDep) -> Response:
     assert entry.engine is not None and entry.checkpoint is not None
     vocab = entry.checkpoint.vocab
     mode = score_mode(request.mode, entry.id, entry.checkpoint.model)
-    score_with = entry.engine.score_pll if mode == "pll" else entry.engine.score
-    scores = await score_with(request.texts, request.context, request.top_k)
+    adapt = adapt_settings(request)
+    if adapt is not None:
+        scores = await entry.engine.score_adaptive(
+            request.texts, adapt, request.context, request.top_k
+        )
+    else:
+        score_with = entry.engine.score_pll if mode == "pll" else entry.engine.score
+        scores = await score_with(request.texts, request.context, request.top_k)
     results = [
         text_score_result(text, s, request.per_char, vocab)
         for text, s in zip(request.texts, scores, strict=True)
@@ -45,7 +55,27 @@ async def score(request: ScoreRequest, services: ServicesDep) -> Response:
     chars = sum(r.num_chars for r in results)
     services.metrics.chars_scored.labels(entry.id).inc(chars)
     usage = ScoreUsage(chars_scored=chars, context_chars=len(request.context))
-    return model_response(ScoreResponse(model=entry.id, mode=mode, results=results, usage=usage))
+    used = (
+        AdaptUsed(rate=adapt.rate, segment=adapt.segment, method=adapt.method)
+        if adapt is not None
+        else None
+    )
+    return model_response(
+        ScoreResponse(model=entry.id, mode=mode, adapt=used, results=results, usage=usage)
+    )
+
+
+def adapt_settings(request: ScoreRequest) -> AdaptSettings | None:
+    """The adaptive-scoring settings of the request (the defaults where it names none), or None
+    when it does not adapt."""
+    if not request.adapt:
+        return None
+    defaults = AdaptSettings()
+    return dataclasses.replace(
+        defaults,
+        rate=request.adapt_rate if request.adapt_rate is not None else defaults.rate,
+        segment=request.adapt_segment if request.adapt_segment is not None else defaults.segment,
+    )
 
 
 def score_mode(requested: ScoreMode | None, model_id: str, model: CharLM) -> ScoreMode:

@@ -2,10 +2,11 @@
 
 Fixed bounds (list sizes, temperature range, ...) are ``Field`` bounds; those of a generation's
 settings come from ``app.engine.params``, the ones ``GenerationParams`` checks. Bounds set by the
-operator (``CHARLM_MAX_TEXT_CHARS``, ``CHARLM_MAX_NEW_CHARS``) are marked with ``x-charlm-limit``
-in the JSON schema; ``apply_limits_to_openapi`` writes their configured values into the published
-OpenAPI document, and ``check_text``/``check_new_chars`` enforce them (``LimitExceededError``,
-answered with a 413).
+operator (``CHARLM_MAX_TEXT_CHARS``, ``CHARLM_MAX_NEW_CHARS``, ``CHARLM_MAX_ADAPT_CHARS``) are
+marked with ``x-charlm-limit`` in the JSON schema; ``apply_limits_to_openapi`` writes their
+configured values into the published OpenAPI document (a flag whose work a limit bounds, such as
+``adapt``, gets it as ``x-charlm-limit-value``), and ``check_text``, ``check_new_chars`` and
+``check_adapt_chars`` enforce them (``LimitExceededError``, answered with a 413).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ MAX_PER_CHAR_ENTRIES = 250_000
 
 TEXT_LIMIT: JsonDict = {"x-charlm-limit": "max_text_chars"}
 NEW_CHARS_LIMIT: JsonDict = {"x-charlm-limit": "max_new_chars"}
+ADAPT_CHARS_LIMIT: JsonDict = {"x-charlm-limit": "max_adapt_chars"}
 
 
 def _valid_unicode(text: str) -> str:
@@ -72,6 +74,7 @@ class Limits(BaseModel):
 
     max_text_chars: int
     max_new_chars: int
+    max_adapt_chars: int
 
 
 def check_text(text: str, param: str, limits: Limits) -> None:
@@ -91,6 +94,18 @@ def check_new_chars(value: int, param: str, limits: Limits) -> None:
             " characters per completion (CHARLM_MAX_NEW_CHARS)",
             param,
             "max_new_chars_exceeded",
+        )
+
+
+def check_adapt_chars(chars: int, param: str, limits: Limits) -> None:
+    """413 when a request to score adaptively holds more characters than the operator allows."""
+    if chars > limits.max_adapt_chars:
+        raise LimitExceededError(
+            f"adaptive scoring of {chars} characters (texts and context together); this server"
+            f" adapts to at most {limits.max_adapt_chars} per request (CHARLM_MAX_ADAPT_CHARS):"
+            " send fewer or shorter texts, or score without adapt",
+            param,
+            "adapt_text_too_long",
         )
 
 
@@ -115,6 +130,8 @@ def _set_limit(node: dict[str, Any], value: int) -> None:
         node["maximum"] = value
     elif kind == "array" and isinstance(node.get("items"), dict):
         _set_limit(node["items"], value)
+    elif kind == "boolean":  # a flag whose work the limit bounds
+        node["x-charlm-limit-value"] = value
     for variant in node.get("anyOf", []):
         _set_limit(variant, value)
 
