@@ -13,6 +13,13 @@ from typing import Any
 
 import torch
 
+from models.adapt import (
+    DEFAULT_RATE,
+    DEFAULT_SEGMENT,
+    AdaptSettings,
+    adaptive_score_id_sequences,
+    check_adaptable,
+)
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.sampling import SamplingParams, generate, random_seed
 from models.scoring import bits_per_char
@@ -28,7 +35,7 @@ from training.config import (
 from training.data import CorpusError, load_corpus, read_text_file, resolve_files
 from training.distributed import DEVICES
 from training.esn import train_esn
-from training.evaluate import evaluate_docs
+from training.evaluate import EvalResult, evaluate_docs
 from training.loop import Trainer
 from training.report import ProgressReporter, Reporter
 from training.resume import ResumeError, load_resume, resume_path
@@ -272,19 +279,44 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors checkpoint")
     p.add_argument("--data", nargs="+", required=True, help="files, folders or globs to score")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (cpu)")
+    p.add_argument(
+        "--adapt",
+        action="store_true",
+        help="adaptive scoring (dynamic evaluation): a copy of the model takes a gradient step"
+        " after each segment of a file, so it adapts to the file as it reads it",
+    )
+    p.add_argument(
+        "--adapt-rate", type=float, help=f"with --adapt: the step size ({DEFAULT_RATE:g})"
+    )
+    p.add_argument(
+        "--adapt-segment",
+        type=int,
+        help=f"with --adapt: characters between two steps ({DEFAULT_SEGMENT})",
+    )
     args = p.parse_args(argv)
+    if not args.adapt and (args.adapt_rate is not None or args.adapt_segment is not None):
+        p.error("--adapt-rate and --adapt-segment need --adapt")
     try:
+        adapt = _adapt_settings(args) if args.adapt else None
         device = distributed.choose_device(args.device)
         torch.set_num_threads(distributed.choose_num_threads())
         loaded = load_checkpoint(args.checkpoint, device=device)
+        if adapt is not None:
+            check_adaptable(loaded.model)
         files = resolve_files(args.data)
         docs = [loaded.vocab.encode_array(read_text_file(f)) for f in files]
     except (CheckpointError, CorpusError, ValueError) as exc:
         p.exit(2, f"charlm-eval: error: {exc}\n")
-    result = evaluate_docs(loaded.model, docs)
+    if adapt is None:
+        result = evaluate_docs(loaded.model, docs)
+    else:
+        scores = adaptive_score_id_sequences(loaded.model, docs, settings=adapt)
+        total = -sum(s.logprob for s in scores)
+        chars, unknown = sum(s.num_chars for s in scores), sum(s.num_unknown for s in scores)
+        result = EvalResult(total, chars, unknown)
     if result.num_chars == 0:
         p.exit(2, "charlm-eval: error: the text to score is empty\n")
-    report = {
+    report: dict[str, object] = {
         **result.to_dict(),
         "num_files": len(files),
         "checkpoint": str(args.checkpoint),
@@ -293,8 +325,19 @@ def eval_main(argv: list[str] | None = None) -> int:
         # pseudo-log-likelihood, not comparable with a left-to-right model's
         "likelihood": "exact" if loaded.model.can_generate else "pseudo",
     }
+    if adapt is not None:
+        report["adapt"] = {"rate": adapt.rate, "segment": adapt.segment, "method": adapt.method}
     print(json.dumps(report))
     return 0
+
+
+def _adapt_settings(args: argparse.Namespace) -> AdaptSettings:
+    """``--adapt-rate`` and ``--adapt-segment`` over the defaults (``ValueError`` when out of
+    bounds)."""
+    defaults = AdaptSettings()
+    rate = args.adapt_rate if args.adapt_rate is not None else defaults.rate
+    segment = args.adapt_segment if args.adapt_segment is not None else defaults.segment
+    return dataclasses.replace(defaults, rate=rate, segment=segment)
 
 
 def sample_main(argv: list[str] | None = None) -> int:
