@@ -223,10 +223,12 @@ def train_main(argv: list[str] | None = None) -> int:
             if result.best_step >= 0
             else "no validation text"
         )
+        share = result.eval_seconds / result.wall_seconds if result.wall_seconds > 0 else 0.0
         print(
             f"stopped ({result.stop_reason}) at step {result.step} after"
-            f" {result.train_seconds:.0f}s of training, {result.chars_per_sec:,.0f} chars/s;"
-            f" {best}; checkpoint {out}"
+            f" {result.wall_seconds:.0f}s: {result.train_seconds:.0f}s of training steps at"
+            f" {result.chars_per_sec:,.0f} chars/s, {result.eval_seconds:.1f}s ({share:.1%}) in"
+            f" {result.num_evals} validation(s); {best}; checkpoint {out}"
         )
         if result.stop_reason == "interrupted":
             print("continue with the same command and --resume")

@@ -31,7 +31,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 16,
         "lr": 3e-3,
         "dropout": 0.0,
-        "eval_interval": 100,
         "max_steps": 1000,
     },
     # the service's default model: minutes on a 2-core CPU. One wide layer learns faster per
@@ -47,7 +46,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 8e-3,
         "weight_decay": 0.075,
         "dropout": 0.1,
-        "eval_interval": 200,
         "max_steps": 5000,
     },
     # a GPU or a long CPU run
@@ -59,7 +57,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 64,
         "lr": 2e-3,
         "dropout": 0.2,
-        "eval_interval": 500,
         "max_steps": 20000,
     },
 }
@@ -99,9 +96,10 @@ def field_choices(f: dataclasses.Field[Any]) -> tuple[str, ...] | None:
 class TrainConfig(FrozenConfig):
     """Everything a training run needs besides the data paths; stored in checkpoints.
 
-    ``max_steps`` and ``max_time`` (seconds of training, evaluation excluded) both bound the run;
-    the learning-rate schedule follows whichever is further along, so a time-budgeted run still
-    anneals to its final rate by the end of the budget.
+    ``max_steps`` and ``max_time`` (seconds of wall time, evaluations and files included) both
+    bound the run; the learning-rate schedule follows whichever is further along, so a
+    time-budgeted run still anneals to its final rate by the end of the budget
+    (``training.budget``).
     """
 
     config_kind: ClassVar[str] = "training"
@@ -150,14 +148,42 @@ class TrainConfig(FrozenConfig):
     max_steps: int | None = _setting(None, "stop after this many steps", "run", resumable=True)
     max_time: float | None = _setting(
         None,
-        "stop after this many seconds of training (evaluation not counted)",
+        "stop after this many seconds of wall time, validations and checkpoints included; the"
+        " learning-rate schedule ends with it and the final validation fits within it",
         "run",
         resumable=True,
     )
-    eval_interval: int = _setting(200, "steps between validations", "run", resumable=True)
+    eval_interval: int | None = _setting(
+        None,
+        "steps between validations; none = whenever validating keeps within --eval-share",
+        "run",
+        resumable=True,
+    )
+    eval_share: float = _setting(
+        0.05,
+        "without --eval-interval: validations, with their samples and checkpoints, take at most"
+        " this share of the wall time before the final one; 0 = only the final one",
+        "run",
+        resumable=True,
+    )
     eval_max_chars: int | None = _setting(
-        1_000_000,
-        "validate on at most this many characters during training",
+        250_000,
+        "validate on the first this many validation characters during training (every"
+        " validation reads the same ones; charlm-eval gives the figure of a whole text)",
+        "run",
+        resumable=True,
+    )
+    eval_streams: int = _setting(
+        128,
+        "validation reads the text as up to this many parallel streams, each a contiguous"
+        " piece of at least 1,024 characters; 1 = one stream per document, exactly as"
+        " charlm-eval and /v1/score read it",
+        "run",
+        resumable=True,
+    )
+    eval_warmup: int = _setting(
+        128,
+        "characters a validation stream that starts mid-text reads, unscored, before it scores",
         "run",
         resumable=True,
     )
@@ -207,8 +233,11 @@ class TrainConfig(FrozenConfig):
             (0 <= self.state_reset < 1, "state_reset must be in [0, 1)"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
             (self.max_time is None or self.max_time > 0, "max_time must be > 0"),
-            (self.eval_interval >= 1, "eval_interval must be >= 1"),
+            (self.eval_interval is None or self.eval_interval >= 1, "eval_interval must be >= 1"),
+            (0 <= self.eval_share < 1, "eval_share must be in [0, 1)"),
             (self.eval_max_chars is None or self.eval_max_chars >= 1, "eval_max_chars >= 1"),
+            (self.eval_streams >= 1, "eval_streams must be >= 1"),
+            (self.eval_warmup >= 0, "eval_warmup must be >= 0"),
             (self.patience >= 0, "patience must be >= 0 (0 disables early stopping)"),
             (self.log_interval >= 1, "log_interval must be >= 1"),
             (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),

@@ -4,24 +4,38 @@ keeping, early stopping, resume state and files, stop requests.
 Files beside ``--out X.safetensors`` (rank 0 only): ``X.safetensors`` holds the model with the
 best validation loss (the last one when there is no validation text), ``X.resume.safetensors``
 the state to continue from, ``X.metrics.jsonl`` the metrics and ``X.png`` the loss plot.
+
+Validation reads the text as parallel streams (``training.evaluate``): a close estimate of the
+exact figure ``charlm-eval`` gives, at a fraction of its cost. Its time, with the sample and the
+files written at each validation, is measured and reported (``eval_seconds`` in the metrics), and
+without ``--eval-interval`` it decides when the next validation comes (``training.budget``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from models.checkpoint import save_checkpoint
-from models.sampling import SamplingParams, generate
 from models.scoring import bits_per_char
 from training import distributed
+from training.budget import FILES_SECONDS, EvalTimes, RunClock, TimeBudget, evaluation_due
 from training.config import TrainConfig
 from training.data import Corpus
 from training.distributed import DistContext
-from training.evaluate import EvalResult, evaluate_docs, limit_docs
+from training.evaluate import (
+    EvalResult,
+    Reading,
+    estimate_seconds,
+    evaluate_docs,
+    limit_docs,
+    sample_text,
+)
 from training.report import MetricsLog, Reporter, draw_plot, metrics_path, plot_path
 from training.resume import ResumeError, ResumeState, load_resume, resume_path, save_resume
 from training.signals import StopRequest
@@ -41,6 +55,9 @@ class TrainResult:
     best_step: int
     stop_reason: str  # "max_steps", "max_time", "early_stop", "interrupted"
     chars_per_sec: float
+    wall_seconds: float = 0.0  # evaluations, files and everything else included
+    eval_seconds: float = 0.0  # all validations with their samples and files
+    num_evals: int = 0
 
 
 class Trainer:
@@ -48,7 +65,8 @@ class Trainer:
 
     ``state_dict()`` / ``load_state_dict()`` hold everything needed to continue the run exactly:
     the step's state (``training.step.Stepper``) and the run's own (best validation, early-stopping
-    counter, the data and layout it must be resumed with).
+    counter, clocks, the data and layout it must be resumed with). ``clock`` is the wall clock
+    the time budget reads (tests give their own).
     """
 
     def __init__(
@@ -60,6 +78,7 @@ class Trainer:
         context: DistContext | None = None,
         reporter: Reporter | None = None,
         resume: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.config = config
         self.corpus = corpus
@@ -80,6 +99,12 @@ class Trainer:
                 config.eval_max_chars,
                 corpus.num_val_chars,
             )
+        self.reading = Reading(config.eval_streams, config.eval_warmup)
+        self.clock = RunClock(clock)
+        self.evals = EvalTimes()
+        self.budget = TimeBudget(config.max_time, self.clock, self.evals)
+        self._time_progress = 0.0  # rank 0's, shared each step when there is a time budget
+        self._estimated = False
         self.best_val = math.inf
         self.best_step = -1
         self.bad_evals = 0
@@ -117,38 +142,77 @@ class Trainer:
         """Train (evaluating on schedule) for about ``seconds`` of training time, or to the end."""
         cfg = self.config
         until = None if seconds is None else self.train_seconds + seconds
-        while self.finished is None and (until is None or self.train_seconds < until):
-            reason = self._stop_reason()
-            if distributed.any_rank(reason is not None, self.ctx):
-                self.finished = reason or "interrupted"
-                break
-            self.stepper.take_step()
-            if self.step % cfg.log_interval == 0:
-                self._log_train()
-            if self.val_docs and self.step % cfg.eval_interval == 0:
-                self._evaluate_and_save()
+        with self.clock.running():
+            if not self._estimated:
+                self._estimate_evaluation()
+            while self.finished is None and (until is None or self.train_seconds < until):
+                started = self.clock.now()
+                reason = self._stop_reason()
+                if distributed.any_rank(reason is not None, self.ctx):
+                    self.finished = reason or "interrupted"
+                    break
+                self.stepper.take_step(self._time_progress)
+                if self.step % cfg.log_interval == 0:
+                    self._log_train()
+                due = self.val_docs and self._evaluation_due()
+                self.budget.step_seconds = self.clock.now() - started  # the next one's guess
+                if due:
+                    self._evaluate_and_save()
 
     def _stop_reason(self) -> str | None:
         cfg = self.config
+        if cfg.max_time is not None:
+            # ranks must agree on the schedule and the budget, so rank 0's clock rules
+            self._time_progress = distributed.broadcast_float(self.budget.progress(), self.ctx)
         if self.stop.requested:
             return "interrupted"
         if cfg.max_steps is not None and self.step >= cfg.max_steps:
             return "max_steps"
-        if cfg.max_time is not None and self._shared_clock() >= cfg.max_time:
+        if cfg.max_time is not None and self._time_progress >= 1:
             return "max_time"
         if cfg.patience and self.bad_evals >= cfg.patience:
             return "early_stop"
         return None
 
-    def _shared_clock(self) -> float:
-        # ranks must agree on the time (schedule and budget), so rank 0's clock rules
-        return distributed.broadcast_float(self.train_seconds, self.ctx)
+    def _evaluation_due(self) -> bool:
+        cfg = self.config
+        if cfg.eval_interval is not None:
+            return self.step % cfg.eval_interval == 0
+        if self.step % cfg.log_interval:  # asked once per log interval: one broadcast
+            return False
+        due = evaluation_due(cfg.eval_share, self.evals, self.clock.elapsed)
+        return distributed.broadcast_float(float(due), self.ctx) > 0.5  # rank 0's decision
+
+    def _estimate_evaluation(self) -> None:
+        """Before the first validation: time a slice of one, so that the time budget can keep
+        the final one's time back and the schedule can space them (``training.budget``)."""
+        self._estimated = True
+        cfg = self.config
+        if self.evals.count or not self.ctx.is_main:
+            return
+        if cfg.max_time is None and (cfg.eval_interval is not None or not self.val_docs):
+            return
+        now = self.clock.now
+        started = now()
+        estimate = FILES_SECONDS + estimate_seconds(self.model, self.val_docs, self.reading, now)
+        probe = min(cfg.sample_chars, 8)
+        if probe and self.val_docs:  # a few characters of the sample, scaled
+            sampled = now()
+            sample_text(self.model, self.corpus.vocab, probe)
+            estimate += (now() - sampled) * cfg.sample_chars / probe
+        self.evals.estimate = estimate
+        self.evals.total += now() - started  # time spent for evaluation, too
 
     def _log_train(self) -> None:
         figures = self.stepper.take_interval()
         if figures is None:
             return
-        record = {"kind": "train", "step": self.step, "time": round(self.train_seconds, 3)}
+        record = {
+            "kind": "train",
+            "step": self.step,
+            "time": round(self.train_seconds, 3),
+            "wall_seconds": round(self.clock.elapsed, 3),
+        }
         record.update(figures)
         if self.ctx.is_main:
             self.reporter.train(record)
@@ -157,15 +221,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation & files
     def evaluate(self) -> EvalResult:
+        """The exact figure of the validation text (``charlm-eval``'s reading, one stream per
+        document); the run's own validations read it as parallel streams (``validate``)."""
         return evaluate_docs(self.model, self.val_docs)
 
+    def validate(self) -> EvalResult:
+        """The validation figure as the run computes it (``--eval-streams``, ``--eval-warmup``)."""
+        return evaluate_docs(self.model, self.val_docs, self.reading)
+
     def _evaluate_and_save(self) -> None:
+        started = self.clock.now()
         self.last_eval_step = self.step
         val = math.nan
         result = None
         if self.ctx.is_main:
-            result = self.evaluate()
+            result = self.validate()
             val = result.nats_per_char
+        val_seconds = self.clock.now() - started
         val = distributed.broadcast_float(val, self.ctx)
         improved = val < self.best_val
         # patience counts validations that fail to improve by a meaningful margin
@@ -177,10 +249,13 @@ class Trainer:
             self.best_val, self.best_step = val, self.step
         if improved and self.ctx.is_main:
             self._save_model()
+        mark = self.clock.now()
+        self.evals.add(mark - started)  # before the resume file, which counts this one
         self._save_resume()
         if not self.ctx.is_main or result is None:
+            self.evals.extend(self.clock.now() - mark)
             return
-        record = {
+        record: dict[str, Any] = {
             "kind": "eval",
             "step": self.step,
             "time": round(self.train_seconds, 3),
@@ -190,32 +265,30 @@ class Trainer:
             "is_best": improved,
             "lr": self.stepper.lr,
         }
-        self.reporter.evaluation(record, self._sample())
+        sample = sample_text(self.model, self.corpus.vocab, self.config.sample_chars)
         if self.metrics is not None:
-            self.metrics.append(record)
             try:
-                draw_plot(self.metrics.records(), plot_path(self.out or self.metrics.path))
+                records = [*self.metrics.records(), record]
+                draw_plot(records, plot_path(self.out or self.metrics.path))
             except Exception as exc:  # a plot must never stop training
                 logger.warning("could not draw the loss plot: %s", exc)
-
-    def _sample(self) -> str | None:
-        if not self.config.sample_chars or not self.model.can_generate:
-            return None
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            params = SamplingParams(temperature=0.8)
-            (gen,) = generate(
-                self.model, self.corpus.vocab, "", self.config.sample_chars, params, 0
-            )
-        finally:
-            self.model.train(was_training)
-        return gen.text
+        self.evals.extend(self.clock.now() - mark)
+        record.update(
+            val_seconds=round(val_seconds, 4),  # the validation reading alone
+            eval_seconds=round(self.evals.estimate, 4),  # reading, sample, files and plot
+            **self.evals.totals(self.clock.elapsed),
+        )
+        self.reporter.evaluation(record, sample)
+        if self.metrics is not None:
+            self.metrics.append(record)
 
     def summary(self) -> dict[str, Any]:
         return {
             "step": self.step,
             "train_seconds": round(self.train_seconds, 3),
+            "wall_seconds": round(self.clock.elapsed, 3),
+            "eval_seconds": round(self.evals.total, 3),
+            "num_evals": self.evals.count,
             "best_step": self.best_step,
             "best_val_nats_per_char": self.best_val if self.best_step >= 0 else None,
             "best_val_bits_per_char": (
@@ -249,6 +322,10 @@ class Trainer:
                 "best_step": self.best_step,
                 "bad_evals": self.bad_evals,
                 "last_eval_step": self.last_eval_step,
+                "wall_seconds": self.clock.elapsed,
+                "eval_seconds": self.evals.total,
+                "num_evals": self.evals.count,
+                "eval_estimate": self.evals.estimate,
                 "world_size": self.ctx.world_size,
                 "corpus_fingerprint": self.corpus.fingerprint,
                 "vocab": self.corpus.vocab.to_dict(),
@@ -277,6 +354,11 @@ class Trainer:
         self.best_step = int(info["best_step"])
         self.bad_evals = int(info["bad_evals"])
         self.last_eval_step = int(info["last_eval_step"])
+        # files from before the wall clock was kept: their training time stands in
+        self.clock.before = float(info.get("wall_seconds", info["train_seconds"]))
+        self.evals.total = float(info.get("eval_seconds", 0.0))
+        self.evals.count = int(info.get("num_evals", 0))
+        self.evals.estimate = float(info.get("eval_estimate", FILES_SECONDS))
 
     def _save_resume(self) -> None:
         state = self.state_dict()  # on every rank: the streams' states are gathered
@@ -292,15 +374,27 @@ class Trainer:
         logger.info("resumed at step %d", self.step)
 
     def finish(self) -> TrainResult:
-        """Final evaluation (unless interrupted or just done), final files, the result."""
+        """Final evaluation (unless interrupted or just done), final files, the result; a
+        ``summary`` record ends the metrics."""
         reason = self.finished or "max_steps"
-        self._log_train()
-        if reason != "interrupted" and self.val_docs and self.last_eval_step != self.step:
-            self._evaluate_and_save()
-        else:
-            self._save_resume()
-        if not self.val_docs and self.ctx.is_main:
-            self._save_model()  # no validation text: the last model is the one kept
+        with self.clock.running():
+            self._log_train()
+            if reason != "interrupted" and self.val_docs and self.last_eval_step != self.step:
+                self._evaluate_and_save()
+            else:
+                self._save_resume()
+            if not self.val_docs and self.ctx.is_main:
+                self._save_model()  # no validation text: the last model is the one kept
+            if self.metrics is not None and self.ctx.is_main:
+                self.metrics.append(
+                    {
+                        "kind": "summary",
+                        "step": self.step,
+                        "stop_reason": reason,
+                        "time": round(self.train_seconds, 3),
+                        **self.evals.totals(self.clock.elapsed),
+                    }
+                )
         total_chars = self.step * self.stepper.chars_per_step
         return TrainResult(
             step=self.step,
@@ -309,4 +403,7 @@ class Trainer:
             best_step=self.best_step,
             stop_reason=reason,
             chars_per_sec=total_chars / max(self.train_seconds, 1e-9),
+            wall_seconds=self.clock.elapsed,
+            eval_seconds=self.evals.total,
+            num_evals=self.evals.count,
         )

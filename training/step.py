@@ -145,17 +145,14 @@ class Stepper:
     def chars_per_step(self) -> int:
         return self.config.batch_size * self.config.seq_len * self.ctx.world_size
 
-    def progress(self) -> float:
-        """How far the run is through its step or time budget, whichever is further along."""
-        cfg = self.config
-        parts = [0.0]
-        if cfg.max_steps:
-            parts.append(self.step / cfg.max_steps)
-        if cfg.max_time:
-            parts.append(self.train_seconds / cfg.max_time)
-        return max(parts)
+    def progress(self, time_progress: float = 0.0) -> float:
+        """How far the run is through its step budget or, as ``time_progress`` says (the run's
+        wall clock, ``training.budget``), its time budget: whichever is further along."""
+        if self.config.max_steps:
+            return max(time_progress, self.step / self.config.max_steps)
+        return time_progress
 
-    def take_step(self) -> None:
+    def take_step(self, time_progress: float = 0.0) -> None:
         """One chunk of every stream: schedule, restarts, the algorithm's update, the clock."""
         started = time.perf_counter()
         inputs, targets, new_epoch = self.batcher.next_batch()
@@ -168,7 +165,7 @@ class Stepper:
                 self.config.state_reset, self.config.seed, self.step, b * self.ctx.world_size
             )[self.ctx.rank * b : (self.ctx.rank + 1) * b]  # this rank's rows (B,)
             inputs, self.state = restart_some_streams(inputs, self.state, restart)
-        lr = learning_rate(self.config, self.step, self.progress())
+        lr = learning_rate(self.config, self.step, self.progress(time_progress))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss, self.state = self.train_step(

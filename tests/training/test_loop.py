@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -8,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+import training.loop
 from models.checkpoint import load_checkpoint
 from models.scoring import score_texts
 from training.data import load_corpus
@@ -106,9 +108,10 @@ def test_early_stopping_and_time_budget(tmp_path: Path, corpus_file: Path, cache
     )
     result = Trainer(config, corpus, tmp_path / "a.safetensors").run()
     assert result.stop_reason == "early_stop" and result.step < 50
-    # no step limit: only the time budget can end this run, however fast the machine
+    # no step limit: only the time budget can end this run, however fast the machine; the
+    # budget is wall time, of which the steps are a part
     timed = Trainer(tiny_config(max_time=0.5, max_steps=None, sample_chars=0), corpus, None).run()
-    assert timed.stop_reason == "max_time" and 0.5 <= timed.train_seconds < 5
+    assert timed.stop_reason == "max_time" and 0 < timed.train_seconds < timed.wall_seconds < 5
 
 
 def test_evaluation_equals_scoring_per_document(tmp_path: Path, cache_dir: Path) -> None:
@@ -153,7 +156,8 @@ def test_trainer_state_dict_is_the_resume_file(
     assert set(saved.info) == set(state.info) | {"format", "version", "num_carried"}
     assert {
         "train_config", "step", "train_seconds", "position", "best_val", "best_step",
-        "bad_evals", "last_eval_step", "world_size", "corpus_fingerprint", "vocab",
+        "bad_evals", "last_eval_step", "wall_seconds", "eval_seconds", "num_evals",
+        "eval_estimate", "world_size", "corpus_fingerprint", "vocab",
     } == set(state.info)  # fmt: skip
     assert saved.info["best_step"] == trainer.best_step in (5, 10, 12)
     assert saved.info["last_eval_step"] == 12 and saved.info["step"] == 12
@@ -162,6 +166,9 @@ def test_trainer_state_dict_is_the_resume_file(
     assert (other.step, other.best_val, other.best_step, other.bad_evals) == (
         12, trainer.best_val, trainer.best_step, trainer.bad_evals
     )  # fmt: skip
+    # the clocks go on from where they were: the budget spans the run's processes
+    assert other.clock.elapsed == saved.info["wall_seconds"] > 0
+    assert (other.evals.total, other.evals.count) == (saved.info["eval_seconds"], 3)
     for name, tensor in trainer.model.state_dict().items():
         torch.testing.assert_close(other.model.state_dict()[name], tensor, atol=0, rtol=0)
 
@@ -177,3 +184,65 @@ def test_load_state_dict_refuses_another_layout(
         trainer.load_state_dict(state)
     with pytest.raises(ResumeError, match="needs the checkpoint path"):
         Trainer(tiny_config(max_steps=3), corpus, None, resume=True)
+
+
+class Ticks:
+    """A wall clock that moves 10 ms each time it is read: the run's timing, machine-free."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.reads * 0.01
+
+
+def test_a_wall_time_budget_ends_the_schedule_and_leaves_room_for_the_final_validation(
+    tmp_path: Path, corpus_file: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpus = load_corpus([str(corpus_file)], cache_dir=cache_dir)
+    # files take 5 ticks here, not 50: the first validation comes after a few hundred steps
+    monkeypatch.setattr(training.loop, "FILES_SECONDS", 0.05)
+    config = tiny_config(
+        max_time=20.0, max_steps=None, eval_interval=None, eval_share=0.02, sample_chars=0
+    )
+    out = tmp_path / "m.safetensors"
+    result = Trainer(config, corpus, out, clock=Ticks()).run()
+    records = [json.loads(line) for line in metrics_path(out).read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    (summary,) = [r for r in records if r["kind"] == "summary"]
+    assert result.stop_reason == "max_time" and result.step > 50
+    # validation, sample, checkpoint and plot included, the run ends within its budget
+    assert result.wall_seconds <= 20.0
+    assert summary["wall_seconds"] == pytest.approx(result.wall_seconds, abs=0.02)
+    # the learning rate has annealed to its final value by the last step
+    final_lr = config.lr * config.final_lr_fraction
+    assert train[-1]["step"] == result.step
+    assert train[-1]["lr"] == pytest.approx(final_lr, rel=0.02)
+    assert all(a["lr"] >= b["lr"] for a, b in itertools.pairwise(train[config.warmup_steps :]))
+    # without an interval, intermediate validations keep to their share of the wall time
+    assert len(evals) >= 2 and evals[-1]["step"] == result.step
+    assert all(r["eval_share"] <= config.eval_share for r in evals[:-1])
+    assert summary["num_evals"] == result.num_evals == len(evals)
+    assert summary["eval_total_seconds"] == pytest.approx(result.eval_seconds, abs=1e-3)
+    assert summary["eval_share"] == pytest.approx(result.eval_seconds / result.wall_seconds, 1e-3)
+
+
+def test_every_validation_reports_its_time(
+    tmp_path: Path, corpus_file: Path, cache_dir: Path
+) -> None:
+    corpus = load_corpus([str(corpus_file)], cache_dir=cache_dir)
+    out = tmp_path / "m.safetensors"
+    result = Trainer(tiny_config(max_steps=20, eval_interval=10), corpus, out).run()
+    records = [json.loads(line) for line in metrics_path(out).read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [10, 20] and records[-1]["kind"] == "summary"
+    for r in evals:
+        assert 0 <= r["val_seconds"] <= r["eval_seconds"] <= r["eval_total_seconds"]
+        assert r["eval_total_seconds"] <= r["wall_seconds"] and 0 <= r["eval_share"] <= 1
+    assert (
+        evals[1]["eval_total_seconds"] >= evals[0]["eval_total_seconds"] + evals[1]["eval_seconds"]
+    )
+    assert 0 < result.eval_seconds < result.wall_seconds and result.num_evals == 2
+    assert load_checkpoint(out).training["num_evals"] in (1, 2)
