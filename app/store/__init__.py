@@ -5,7 +5,8 @@ ever a key looked up here, never joined into a path. A file that fails to load (
 foreign format, half written) is logged and listed as unavailable with its reason; the others
 serve, and a version that serves keeps serving until a good file replaces it.
 
-- ``model_store``: ``ModelStore``, the checks of the folder, old versions draining, lookups
+- ``model_store``: ``ModelStore``, the checks of the folder and the lookups
+- ``retiring``: old versions finishing the requests that hold them, then stopped and freed
 - ``entries``: one version of a model (``ModelEntry``), what a check changed, which versions the
   requests in flight hold
 - ``files``: the folder's checkpoint files, their identity, reading one while it stands still

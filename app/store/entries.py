@@ -64,6 +64,17 @@ class ModelEntry:
         """The file's modification time, Unix seconds (OpenAI's ``created``)."""
         return self.identity.modified if self.identity is not None else 0
 
+    def needs_reading(self, identity: FileIdentity, retry_failed: bool) -> bool:
+        """Whether the model's file, as ``identity`` says it is now, is to be read (again): a
+        serving version's file with other content, unless that very file failed already; an
+        unavailable model's file once it changed at all. ``retry_failed``: failed files too."""
+        if not self.ready:
+            return retry_failed or identity != self.identity
+        if identity.same_content(self.identity):
+            return False
+        failed_before = self.update is not None and self.update.identity == identity
+        return retry_failed or not failed_before
+
     def acquire(self) -> None:
         self.in_use += 1
 

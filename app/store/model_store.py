@@ -30,6 +30,7 @@ from app.store.errors import (
 )
 from app.store.files import CheckpointFile, FileChangedError, read_checkpoint, scan_folder
 from app.store.memory import release_memory
+from app.store.retiring import Retiring
 from models.checkpoint import CheckpointError, LoadedCheckpoint
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class ModelStore:
         self._lock = asyncio.Lock()
         self._checks: set[asyncio.Task[list[ModelChange]]] = set()
         self._watcher: asyncio.Task[None] | None = None
-        self._retiring: dict[asyncio.Task[None], ModelEntry] = {}
+        self._retiring = Retiring(settings.request_timeout_s, settings.shutdown_grace_s)
         self._folder_missing = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -104,13 +105,12 @@ class ModelStore:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        engines = [e.engine for e in (*self.entries.values(), *self._retiring.values())]
+        engines = [e.engine for e in self.entries.values() if e.engine is not None]
         await asyncio.gather(
-            *(eng.stop(grace_seconds) for eng in engines if eng is not None),
+            *(engine.stop(grace_seconds) for engine in engines),
+            self._retiring.stop(grace_seconds),
             return_exceptions=True,
         )
-        for task in list(self._retiring):
-            task.cancel()
 
     # ------------------------------------------------------------------ checks of the folder
     async def refresh(self, retry_failed: bool = False) -> list[ModelChange]:
@@ -173,31 +173,20 @@ class ModelStore:
                 self.settings.models_dir,
             )
 
-    def _needs_reading(self, file: CheckpointFile, retry_failed: bool) -> bool:
-        entry = self.entries.get(file.model_id)
-        if entry is None:
-            return True
-        if entry.error == BAD_NAME:
-            return False
-        if not entry.ready:
-            return retry_failed or file.identity != entry.identity
-        if file.identity.same_content(entry.identity):
-            return False
-        failed_before = entry.update is not None and entry.update.identity == file.identity
-        return retry_failed or not failed_before
-
     async def _consider(self, file: CheckpointFile, retry_failed: bool) -> ModelChange | None:
         """Bring one file's model up to date; the change made, if any."""
         model_id = file.model_id
-        if not self._needs_reading(file, retry_failed):
-            return None
         current = self.entries.get(model_id)
         if not _MODEL_ID.match(model_id):
+            if current is not None:  # listed already: a name does not get better
+                return None
             self.entries[model_id] = ModelEntry(
                 model_id, file.path.name, identity=file.identity, error=BAD_NAME
             )
             logger.error("model %s unavailable: %s", model_id, BAD_NAME)
             return ModelChange(model_id, "failed", error=BAD_NAME)
+        if current is not None and not current.needs_reading(file.identity, retry_failed):
+            return None
         serving = current if current is not None and current.ready else None
         if serving is not None:
             serving.update = PendingFile(file.identity)
@@ -240,7 +229,7 @@ class ModelStore:
         if serving is None:
             logger.info("model %s loaded from %s (sha256 %s)", model_id, file.path, sha256)
             return ModelChange(model_id, "added", sha256=sha256)
-        self._retire(serving)
+        self._retiring.add(serving)
         logger.info(
             "model %s: new version from %s (sha256 %s) serves; the old one (sha256 %s) drains",
             model_id,
@@ -273,7 +262,7 @@ class ModelStore:
     def _remove(self, model_id: str) -> ModelChange:
         entry = self.entries.pop(model_id)
         if entry.ready:
-            self._retire(entry)
+            self._retiring.add(entry)
             logger.info("model %s: its file is gone; it drains and disappears", model_id)
         return ModelChange(model_id, "removed", sha256=entry.sha256)
 
@@ -289,39 +278,9 @@ class ModelStore:
             on_submitted=self.on_submitted,
         )
 
-    # ------------------------------------------------------------------ old versions
-    def _retire(self, old: ModelEntry) -> None:
-        """Let ``old`` finish the requests that hold it, then stop it and free its memory."""
-        task = asyncio.create_task(self._drain(old))
-        self._retiring[task] = old
-        task.add_done_callback(self._retiring.pop)
-
     def draining_versions(self, model_id: str) -> int:
         """Older versions of ``model_id`` still finishing the requests they hold."""
-        return sum(old.id == model_id for old in self._retiring.values())
-
-    async def _drain(self, old: ModelEntry) -> None:
-        settings = self.settings
-        limit = settings.request_timeout_s + settings.shutdown_grace_s
-        try:
-            async with asyncio.timeout(limit):
-                await old.wait_unused()
-        except TimeoutError:
-            logger.warning(
-                "model %s: %d requests still hold the old version after %g s; stopping it",
-                old.id,
-                old.in_use,
-                limit,
-            )
-        engine = old.engine
-        assert engine is not None
-        await engine.stop(settings.shutdown_grace_s)
-        del engine
-        if old.in_use == 0:  # nothing can reach it any more: let the model go
-            old.engine = old.checkpoint = None
-        logger.info("model %s: the old version (sha256 %s) is stopped", old.id, old.sha256)
-        del old
-        await asyncio.to_thread(release_memory)
+        return self._retiring.count(model_id)
 
     def _update_gauges(self) -> None:
         self.metrics.models_loaded.set(sum(e.ready for e in self.entries.values()))
