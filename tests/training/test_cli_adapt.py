@@ -46,13 +46,13 @@ def test_adapt_lowers_the_loss_and_reports_its_settings(
 ) -> None:
     common = ["--checkpoint", str(files["tiny"]), "--data", str(files["text"])]
     static = run(capsys, *common)
-    adapted = run(capsys, *common, "--adapt", "--adapt-rate", "0.3", "--adapt-segment", "16")
+    adapted = run(capsys, *common, "--adapt", "--adapt-rate", "0.01", "--adapt-segment", "16")
     assert "adapt" not in static
-    assert adapted["adapt"] == {"rate": 0.3, "segment": 16, "method": DEFAULT_METHOD}
+    assert adapted["adapt"] == {"rate": 0.01, "segment": 16, "method": DEFAULT_METHOD}
     assert adapted["num_chars"] == static["num_chars"] == len(REPEATED)
     assert adapted["bits_per_char"] < static["bits_per_char"] - 0.5
     loaded = load_checkpoint(files["tiny"])
-    settings = AdaptSettings(rate=0.3, segment=16)
+    settings = AdaptSettings(rate=0.01, segment=16)
     (want,) = adaptive_score_texts(loaded.model, loaded.vocab, [REPEATED], settings=settings)
     assert adapted["nats_per_char"] == pytest.approx(want.nats_per_char, rel=1e-6)
     defaults = run(capsys, *common, "--adapt")
@@ -62,8 +62,8 @@ def test_adapt_lowers_the_loss_and_reports_its_settings(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--adapt-rate", "0.1"], "--adapt-rate and --adapt-segment need --adapt"),
-        (["--adapt", "--adapt-rate", "5"], "rate must be in"),
+        (["--adapt-rate", "0.001"], "--adapt-rate and --adapt-segment need --adapt"),
+        (["--adapt", "--adapt-rate", "0.5"], "rate must be in"),
         (["--adapt", "--adapt-segment", "2"], "segment must be in"),
     ],
 )

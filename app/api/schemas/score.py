@@ -24,9 +24,9 @@ from app.api.schemas.common import (
 ScoreMode = Literal["causal", "pll"]
 #: bounds and defaults of adaptive scoring, those of ``models.adapt`` (which this module may not
 #: import: it would bring torch); a test keeps the two the same
-MAX_ADAPT_RATE = 1.0
+MAX_ADAPT_RATE = 0.01
 MIN_ADAPT_SEGMENT, MAX_ADAPT_SEGMENT = 8, 1024
-DEFAULT_ADAPT_RATE, DEFAULT_ADAPT_SEGMENT = 0.01, 50
+DEFAULT_ADAPT_RATE, DEFAULT_ADAPT_SEGMENT = 1e-3, 50
 
 
 class ScoreRequest(StrictModel):
@@ -68,8 +68,9 @@ class ScoreRequest(StrictModel):
         default=None,
         gt=0.0,
         le=MAX_ADAPT_RATE,
-        description="with adapt: the step size of plain gradient descent on each segment's"
-        f" mean loss in nats; default {DEFAULT_ADAPT_RATE:g}",
+        description="with adapt: the step size, about how far each weight moves per step (each"
+        " step is the gradient of the segment's mean loss divided by a running root mean square"
+        f" of the text's gradients); default {DEFAULT_ADAPT_RATE:g}",
     )
     adapt_segment: int | None = Field(
         default=None,
@@ -136,7 +137,7 @@ class AdaptUsed(BaseModel):
 
     rate: float
     segment: int
-    method: str = Field(description="the update rule: 'sgd', plain gradient descent")
+    method: str = Field(description="the update rule: 'rms', steps normalised by gradient RMS")
 
 
 class ScoreResponse(BaseModel):

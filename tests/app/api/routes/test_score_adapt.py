@@ -60,7 +60,7 @@ def test_the_served_model_never_changes(client: TestClient) -> None:
     weights = served_weights(client)
     texts = [REPEATED, "alpha 3 ahpla.\n"]
     before = score(client, texts=texts, per_char=True)
-    adapted = score(client, texts=texts, adapt=True, adapt_rate=0.3, adapt_segment=16)
+    adapted = score(client, texts=texts, adapt=True, adapt_rate=0.01, adapt_segment=16)
     after = score(client, texts=texts, per_char=True)
     assert before == after  # bitwise: every per-character logprob the same
     for name, value in served_weights(client).items():
@@ -70,8 +70,8 @@ def test_the_served_model_never_changes(client: TestClient) -> None:
 
 def test_adapting_lowers_the_loss_on_a_repetitive_text(client: TestClient) -> None:
     static = score(client, texts=[REPEATED])
-    body = score(client, texts=[REPEATED], adapt=True, adapt_rate=0.3, adapt_segment=16)
-    assert body["adapt"] == {"rate": 0.3, "segment": 16, "method": "sgd"}
+    body = score(client, texts=[REPEATED], adapt=True, adapt_rate=0.01, adapt_segment=16)
+    assert body["adapt"] == {"rate": 0.01, "segment": 16, "method": "rms"}
     assert body["mode"] == "causal"
     adapted, plain = body["results"][0], static["results"][0]
     assert adapted["num_chars"] == plain["num_chars"] == len(REPEATED)
@@ -127,10 +127,10 @@ def test_texts_over_the_adaptive_bound_are_refused(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("body", "param", "words"),
     [
-        ({"adapt_rate": 0.1}, "body", "need adapt: true"),
+        ({"adapt_rate": 0.001}, "body", "need adapt: true"),
         ({"adapt": True, "mode": "pll"}, "body", "mode 'causal'"),
         ({"adapt": True, "adapt_rate": 0}, "adapt_rate", "adapt_rate"),
-        ({"adapt": True, "adapt_rate": 1.5}, "adapt_rate", "adapt_rate"),
+        ({"adapt": True, "adapt_rate": 0.05}, "adapt_rate", "adapt_rate"),
         ({"adapt": True, "adapt_segment": 4}, "adapt_segment", "adapt_segment"),
         ({"adapt": True, "adapt_segment": 4096}, "adapt_segment", "adapt_segment"),
         ({"adapt": "yes"}, "adapt", "adapt"),
