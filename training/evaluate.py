@@ -39,6 +39,8 @@ from models.vocab import UNK_ID, CharVocab
 MIN_STREAM_CHARS = 1024
 #: characters per stream that ``estimate_seconds`` reads to time a validation
 PROBE_CHARS = 32
+#: the fewest validation characters ``fit_to_time`` cuts a text to
+MIN_FIT_CHARS = 16 * MIN_STREAM_CHARS
 
 
 @dataclass(frozen=True)
@@ -193,9 +195,9 @@ def estimate_seconds(
     was_training = model.training
     model.eval()
     try:
-        started = now()
         if not model.can_generate:  # one forward over each whole document: time a slice
             part = arrays[0][: 64 * PROBE_CHARS]
+            started = now()
             _pseudo_likelihood(model, [part])
             return (now() - started) * sum(len(a) for a in arrays) / len(part)
         steps = 0  # time steps of the whole reading: a batch runs as long as its longest row
@@ -203,10 +205,38 @@ def estimate_seconds(
         for texts, contexts in _batches(arrays, reading):
             steps += 1 + max(len(t) + len(c) for t, c in zip(texts, contexts, strict=True))
             first = first or [t[:PROBE_CHARS] for t in texts]
+        score_id_sequences(model, [t[:4] for t in first])  # the set-up of these shapes
+        started = now()
         score_id_sequences(model, first)
         return (now() - started) * steps / (1 + max(len(t) for t in first))
     finally:
         model.train(was_training)
+
+
+def fit_to_time(
+    model: CharLM,
+    vocab: CharVocab,
+    docs: Sequence[np.ndarray],
+    reading: Reading,
+    sample_chars: int,
+    seconds: float | None,
+    now: Callable[[], float] = time.perf_counter,
+) -> tuple[list[np.ndarray], float]:
+    """The leading part of ``docs`` that a validation with a sample of ``sample_chars`` reads in
+    at most ``seconds`` (``None``: all of them; never under ``MIN_FIT_CHARS`` characters), and
+    the estimated seconds of that validation and sample."""
+    sample = 0.0
+    probe = min(sample_chars, 8)
+    if probe and model.can_generate:  # a few characters of the sample, scaled
+        started = now()
+        sample_text(model, vocab, probe)
+        sample = (now() - started) * sample_chars / probe
+    reading_seconds = estimate_seconds(model, docs, reading, now)
+    chars = sum(len(d) for d in docs)
+    if seconds is None or reading_seconds + sample <= seconds or chars <= MIN_FIT_CHARS:
+        return list(docs), reading_seconds + sample
+    keep = max(MIN_FIT_CHARS, int(chars * max(0.0, seconds - sample) / reading_seconds))
+    return limit_docs(docs, keep), reading_seconds * keep / chars + sample
 
 
 def _pseudo_likelihood(model: CharLM, docs: Sequence[np.ndarray]) -> EvalResult:

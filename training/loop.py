@@ -24,15 +24,22 @@ from typing import Any
 from models.checkpoint import save_checkpoint
 from models.scoring import bits_per_char
 from training import distributed
-from training.budget import FILES_SECONDS, EvalTimes, RunClock, TimeBudget, evaluation_due
+from training.budget import (
+    FILES_SECONDS,
+    VALIDATION_SHARE,
+    EvalTimes,
+    RunClock,
+    TimeBudget,
+    evaluation_due,
+)
 from training.config import TrainConfig
 from training.data import Corpus
 from training.distributed import DistContext
 from training.evaluate import (
     EvalResult,
     Reading,
-    estimate_seconds,
     evaluate_docs,
+    fit_to_time,
     limit_docs,
     sample_text,
 )
@@ -184,24 +191,37 @@ class Trainer:
         return distributed.broadcast_float(float(due), self.ctx) > 0.5  # rank 0's decision
 
     def _estimate_evaluation(self) -> None:
-        """Before the first validation: time a slice of one, so that the time budget can keep
-        the final one's time back and the schedule can space them (``training.budget``)."""
+        """Before the first validation: time slices of one, so that the time budget can keep
+        the final one's time back and the schedule can space them (``training.budget``); with
+        a time budget, cut the validation text to what reads in its ``VALIDATION_SHARE``."""
         self._estimated = True
         cfg = self.config
         if self.evals.count or not self.ctx.is_main:
             return
         if cfg.max_time is None and (cfg.eval_interval is not None or not self.val_docs):
             return
-        now = self.clock.now
-        started = now()
-        estimate = FILES_SECONDS + estimate_seconds(self.model, self.val_docs, self.reading, now)
-        probe = min(cfg.sample_chars, 8)
-        if probe and self.val_docs:  # a few characters of the sample, scaled
-            sampled = now()
-            sample_text(self.model, self.corpus.vocab, probe)
-            estimate += (now() - sampled) * cfg.sample_chars / probe
-        self.evals.estimate = estimate
-        self.evals.total += now() - started  # time spent for evaluation, too
+        started = self.clock.now()
+        fits = None if cfg.max_time is None else VALIDATION_SHARE * cfg.max_time - FILES_SECONDS
+        docs, estimate = fit_to_time(
+            self.model,
+            self.corpus.vocab,
+            self.val_docs,
+            self.reading,
+            cfg.sample_chars if self.val_docs else 0,
+            fits,
+            self.clock.now,
+        )
+        kept = sum(len(d) for d in docs)
+        if kept < sum(len(d) for d in self.val_docs):
+            logger.warning(
+                "validating on the first %d characters: a validation of more would take over"
+                " %.0f%% of --max-time",
+                kept,
+                100 * VALIDATION_SHARE,
+            )
+            self.val_docs = docs
+        self.evals.estimate = FILES_SECONDS + estimate
+        self.evals.total += self.clock.now() - started  # time spent for evaluation, too
 
     def _log_train(self) -> None:
         figures = self.stepper.take_interval()
@@ -326,6 +346,7 @@ class Trainer:
                 "eval_seconds": self.evals.total,
                 "num_evals": self.evals.count,
                 "eval_estimate": self.evals.estimate,
+                "eval_chars": sum(len(d) for d in self.val_docs),
                 "world_size": self.ctx.world_size,
                 "corpus_fingerprint": self.corpus.fingerprint,
                 "vocab": self.corpus.vocab.to_dict(),
@@ -359,6 +380,8 @@ class Trainer:
         self.evals.total = float(info.get("eval_seconds", 0.0))
         self.evals.count = int(info.get("num_evals", 0))
         self.evals.estimate = float(info.get("eval_estimate", FILES_SECONDS))
+        # the characters the run validates on, if a time budget cut them
+        self.val_docs = limit_docs(self.val_docs, info.get("eval_chars"))
 
     def _save_resume(self) -> None:
         state = self.state_dict()  # on every rank: the streams' states are gathered

@@ -157,7 +157,7 @@ def test_trainer_state_dict_is_the_resume_file(
     assert {
         "train_config", "step", "train_seconds", "position", "best_val", "best_step",
         "bad_evals", "last_eval_step", "wall_seconds", "eval_seconds", "num_evals",
-        "eval_estimate", "world_size", "corpus_fingerprint", "vocab",
+        "eval_estimate", "eval_chars", "world_size", "corpus_fingerprint", "vocab",
     } == set(state.info)  # fmt: skip
     assert saved.info["best_step"] == trainer.best_step in (5, 10, 12)
     assert saved.info["last_eval_step"] == 12 and saved.info["step"] == 12
@@ -213,8 +213,9 @@ def test_a_wall_time_budget_ends_the_schedule_and_leaves_room_for_the_final_vali
     evals = [r for r in records if r["kind"] == "eval"]
     (summary,) = [r for r in records if r["kind"] == "summary"]
     assert result.stop_reason == "max_time" and result.step > 50
-    # validation, sample, checkpoint and plot included, the run ends within its budget
-    assert result.wall_seconds <= 20.0
+    # validation, checkpoint and plot included, the run ends within its budget, give or take a
+    # few reads of this clock (in a real run, reading the clock costs next to nothing)
+    assert 19.5 <= result.wall_seconds <= 20.05
     assert summary["wall_seconds"] == pytest.approx(result.wall_seconds, abs=0.02)
     # the learning rate has annealed to its final value by the last step
     final_lr = config.lr * config.final_lr_fraction
