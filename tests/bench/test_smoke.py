@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import architectures, clockwork_paper, fuzz, kill_resume, serve, soak, train
+from bench import adaptive, architectures, clockwork_paper, fuzz, kill_resume, serve, soak, train
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
@@ -153,9 +153,21 @@ def check_soak(output: str, code: int, tmp: Path) -> None:
     assert result["totals"].get("200", 0) > 0
 
 
+def check_adaptive(output: str, code: int, tmp: Path) -> None:
+    assert code == 0, output
+    assert adaptive.TABLE_HEAD in output
+    for start in ("| static |", "| adaptive | rms |", "| adaptive default (whole) |"):
+        finite_figures(line_with(output, start))
+    finite_figures(line_with(output, "cost per character:"))
+    assert "target >= 0.05" in line_with(output, "adaptive (defaults) vs static")
+    figures = json.loads((tmp / "adaptive.json").read_text())
+    assert figures["results"] and all(math.isfinite(r["cost_ratio"]) for r in figures["results"])
+
+
 Check = Callable[[str, int, Path], None]
 CASES: dict[str, tuple[Callable[[list[str]], int], list[str], Check]] = {
     "train": (train.main, ["--threads", "1"], check_train),
+    "adaptive": (adaptive.main, ["--json", "{tmp}/adaptive.json"], check_adaptive),
     "serve": (serve.main, ["--json", "{tmp}/serve.json"], check_serve),
     "architectures": (
         architectures.main,
