@@ -215,7 +215,7 @@ def train_main(argv: list[str] | None = None) -> int:
             f"charlm-train: error: {exc.filename or out}: {exc.strerror or exc}; files saved"
             " before are intact: fix the cause, then continue with --resume\n",
         )
-    distributed.teardown(context)
+    distributed.teardown(context, wait_for_all=True)
     if context.is_main:
         best = (
             f"best validation {bits_per_char(result.best_val_nats):.4f} bits/char"

@@ -119,8 +119,20 @@ def setup(device_name: str) -> DistContext:
     return DistContext(rank, world_size, local_rank, local_world_size, device)
 
 
-def teardown(context: DistContext) -> None:
+def teardown(context: DistContext, *, wait_for_all: bool = False) -> None:
+    """Leave the process group; after a normal end (``wait_for_all``), once every rank is here.
+
+    The closing barrier matters: gloo's worker threads drop their hold on a collective's tensors
+    just after the collective returns, and that needs the GIL. A rank that went straight on to
+    exit (the other ranks, while rank 0 still writes its files) could reach interpreter shutdown
+    first, and the thread then aborts the process ("terminate called without an active
+    exception", SIGABRT; seen here on about 1 run in 10 of two nodes on a busy machine). The
+    barrier's own work holds no tensors. After an error there is no barrier: the other ranks
+    may be inside another collective.
+    """
     if context.enabled and dist.is_initialized():
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()
 
 
