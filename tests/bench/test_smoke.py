@@ -188,6 +188,7 @@ ELSEWHERE = {
 
 #: scripts whose smoke run is tested in a file of its own beside this one
 OWN_FILE = {
+    "evaluation": "test_evaluation_smoke.py",
     "hot_swap": "test_hot_swap_smoke.py",
     "score_corpus": "test_score_corpus_smoke.py",
 }
