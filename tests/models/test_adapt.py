@@ -160,3 +160,16 @@ def test_models_that_cannot_adapt_are_refused_with_the_reason() -> None:
 def test_settings_out_of_bounds_are_refused(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         AdaptSettings(**kwargs)
+
+
+@pytest.mark.parametrize("arch", ["rnn", "gru", "lstm", "clockwork", "esn"])
+def test_every_left_to_right_architecture_adapts(arch: str) -> None:
+    model, vocab = untrained(arch)
+    before = {name: p.detach().clone() for name, p in model.state_dict().items()}
+    text = "bad cafe head beef " * 3
+    (score,) = adaptive_score_texts(model, vocab, [text], settings=AdaptSettings(0.01, 8))
+    static = score_text(model, vocab, text)
+    assert score.num_chars == len(text) and torch.isfinite(score.logprobs).all()
+    assert not torch.allclose(score.logprobs[8:], static.logprobs[8:], atol=1e-4)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
