@@ -30,6 +30,8 @@ class CharLM(nn.Module):
     can_generate: ClassVar[bool] = True
     #: options this architecture accepts in ``ModelConfig.options``, with their defaults
     default_options: ClassVar[dict[str, Any]] = {}
+    #: whether ``step`` may take an architecture's faster path (False: always ``forward``)
+    fast_step: bool = True
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

@@ -42,8 +42,6 @@ class _FusedRecurrentLM(CharLM):
         if config.tie_weights:
             self.head.weight = self.embedding.weight
         self._init_weights()
-        #: whether ``step`` may take the fused path (off: always the reference ``forward``)
-        self.fast_step = True
         self._step_cache: CachedStep | None = None
 
     def _make_rnn(self, config: ModelConfig) -> nn.RNNBase:
