@@ -35,7 +35,13 @@ def test_the_bare_model_gives_the_served_models_logits(checkpoint: Path) -> None
 
 
 def test_the_sampling_loop_reports_its_batch_and_a_positive_rate(checkpoint: Path) -> None:
-    timing = sampling_loop(load_bare_lstm(checkpoint), batch_size=5, steps=4, warmup=1)
-    assert timing.batch_size == 5 and timing.chars_per_s > 0
-    assert timing.seconds_per_step == pytest.approx(5 / timing.chars_per_s)
-    assert torch.backends.mkldnn.enabled, "the oneDNN setting is given back"
+    before = torch.backends.mkldnn.enabled
+    for setting in (True, False):
+        torch.backends.mkldnn.enabled = setting
+        try:
+            timing = sampling_loop(load_bare_lstm(checkpoint), batch_size=5, steps=4, warmup=1)
+            assert torch.backends.mkldnn.enabled is setting, "the oneDNN setting is given back"
+        finally:
+            torch.backends.mkldnn.enabled = before
+        assert timing.batch_size == 5 and timing.chars_per_s > 0
+        assert timing.seconds_per_step == pytest.approx(5 / timing.chars_per_s)
