@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from bench import single_stream
 from bench.serve_inprocess import build_models
-from bench.single_stream import main, measure, report
+from bench.single_stream import measure, report
 
 
 def test_every_part_is_timed_and_reported(tmp_path: Path) -> None:
@@ -21,6 +22,6 @@ def test_every_part_is_timed_and_reported(tmp_path: Path) -> None:
 
 
 def test_smoke_run_prints_the_breakdown(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--smoke"]) == 0
+    assert single_stream.main(["--smoke"]) == 0
     printed = capsys.readouterr().out
     assert "eager bare step" in printed and "engine, one completion alone" in printed
