@@ -174,7 +174,7 @@ class TrainConfig(FrozenConfig):
         resumable=True,
     )
     eval_streams: int = _setting(
-        128,
+        32,
         "validation reads the text as up to this many parallel streams, each a contiguous"
         " piece of at least 1,024 characters; 1 = one stream per document, exactly as"
         " charlm-eval and /v1/score read it",

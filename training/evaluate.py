@@ -38,7 +38,7 @@ from models.vocab import UNK_ID, CharVocab
 #: default warm-up the characters read but not scored stay under 1/8 of those scored
 MIN_STREAM_CHARS = 1024
 #: characters per stream that ``estimate_seconds`` reads to time a validation
-PROBE_CHARS = 32
+PROBE_CHARS = 64
 #: the fewest validation characters ``fit_to_time`` cuts a text to
 MIN_FIT_CHARS = 16 * MIN_STREAM_CHARS
 
@@ -226,8 +226,9 @@ def fit_to_time(
     at most ``seconds`` (``None``: all of them; never under ``MIN_FIT_CHARS`` characters), and
     the estimated seconds of that validation and sample."""
     sample = 0.0
-    probe = min(sample_chars, 8)
+    probe = min(sample_chars, 16)
     if probe and model.can_generate:  # a few characters of the sample, scaled
+        sample_text(model, vocab, 1)  # the set-up of the first call
         started = now()
         sample_text(model, vocab, probe)
         sample = (now() - started) * sample_chars / probe
