@@ -24,29 +24,16 @@ from typing import Any
 from models.checkpoint import save_checkpoint
 from models.scoring import bits_per_char
 from training import distributed
-from training.budget import (
-    FILES_SECONDS,
-    VALIDATION_SHARE,
-    EvalTimes,
-    RunClock,
-    TimeBudget,
-    evaluation_due,
-)
+from training.budget import RunClock, TimeBudget
 from training.config import TrainConfig
 from training.data import Corpus
 from training.distributed import DistContext
-from training.evaluate import (
-    EvalResult,
-    Reading,
-    evaluate_docs,
-    fit_to_time,
-    limit_docs,
-    sample_text,
-)
+from training.evaluate import EvalResult
 from training.report import MetricsLog, Reporter, draw_plot, metrics_path, plot_path
 from training.resume import ResumeError, ResumeState, load_resume, resume_path, save_resume
 from training.signals import StopRequest
 from training.step import Stepper
+from training.validation import Validation
 
 logger = logging.getLogger(__name__)
 
@@ -99,19 +86,10 @@ class Trainer:
         self.model = self.stepper.model
         self.optimizer = self.stepper.optimizer
         self.autocast_dtype = self.stepper.autocast_dtype
-        self.val_docs = limit_docs(corpus.val_docs, config.eval_max_chars)
-        if config.eval_max_chars is not None and corpus.num_val_chars > config.eval_max_chars:
-            logger.warning(
-                "evaluating on the first %d of %d validation characters during training",
-                config.eval_max_chars,
-                corpus.num_val_chars,
-            )
-        self.reading = Reading(config.eval_streams, config.eval_warmup)
         self.clock = RunClock(clock)
-        self.evals = EvalTimes()
-        self.budget = TimeBudget(config.max_time, self.clock, self.evals)
+        self.validation = Validation(config, corpus, self.model, self.clock.now)
+        self.budget = TimeBudget(config.max_time, self.clock, self.validation.times)
         self._time_progress = 0.0  # rank 0's, shared each step when there is a time budget
-        self._estimated = False
         self.best_val = math.inf
         self.best_step = -1
         self.bad_evals = 0
@@ -150,8 +128,8 @@ class Trainer:
         cfg = self.config
         until = None if seconds is None else self.train_seconds + seconds
         with self.clock.running():
-            if not self._estimated:
-                self._estimate_evaluation()
+            if not self.validation.prepared and self.ctx.is_main:
+                self.validation.prepare()
             while self.finished is None and (until is None or self.train_seconds < until):
                 started = self.clock.now()
                 reason = self._stop_reason()
@@ -161,7 +139,7 @@ class Trainer:
                 self.stepper.take_step(self._time_progress)
                 if self.step % cfg.log_interval == 0:
                     self._log_train()
-                due = self.val_docs and self._evaluation_due()
+                due = bool(self.validation.docs) and self._evaluation_due()
                 self.budget.step_seconds = self.clock.now() - started  # the next one's guess
                 if due:
                     self._evaluate_and_save()
@@ -183,45 +161,10 @@ class Trainer:
 
     def _evaluation_due(self) -> bool:
         cfg = self.config
-        if cfg.eval_interval is not None:
-            return self.step % cfg.eval_interval == 0
-        if self.step % cfg.log_interval:  # asked once per log interval: one broadcast
-            return False
-        due = evaluation_due(cfg.eval_share, self.evals, self.clock.elapsed)
-        return distributed.broadcast_float(float(due), self.ctx) > 0.5  # rank 0's decision
-
-    def _estimate_evaluation(self) -> None:
-        """Before the first validation: time slices of one, so that the time budget can keep
-        the final one's time back and the schedule can space them (``training.budget``); with
-        a time budget, cut the validation text to what reads in its ``VALIDATION_SHARE``."""
-        self._estimated = True
-        cfg = self.config
-        if self.evals.count or not self.ctx.is_main:
-            return
-        if cfg.max_time is None and (cfg.eval_interval is not None or not self.val_docs):
-            return
-        started = self.clock.now()
-        fits = None if cfg.max_time is None else VALIDATION_SHARE * cfg.max_time - FILES_SECONDS
-        docs, estimate = fit_to_time(
-            self.model,
-            self.corpus.vocab,
-            self.val_docs,
-            self.reading,
-            cfg.sample_chars if self.val_docs else 0,
-            fits,
-            self.clock.now,
-        )
-        kept = sum(len(d) for d in docs)
-        if kept < sum(len(d) for d in self.val_docs):
-            logger.warning(
-                "validating on the first %d characters: a validation of more would take over"
-                " %.0f%% of --max-time",
-                kept,
-                100 * VALIDATION_SHARE,
-            )
-            self.val_docs = docs
-        self.evals.estimate = FILES_SECONDS + estimate
-        self.evals.total += self.clock.now() - started  # time spent for evaluation, too
+        due = self.validation.due(self.step, self.clock.elapsed)
+        if cfg.eval_interval is not None or self.step % cfg.log_interval:
+            return due  # decided by the step alone, alike on every rank
+        return distributed.broadcast_float(float(due), self.ctx) > 0.5  # rank 0's clock decides
 
     def _log_train(self) -> None:
         figures = self.stepper.take_interval()
@@ -242,12 +185,8 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation & files
     def evaluate(self) -> EvalResult:
         """The exact figure of the validation text (``charlm-eval``'s reading, one stream per
-        document); the run's own validations read it as parallel streams (``validate``)."""
-        return evaluate_docs(self.model, self.val_docs)
-
-    def validate(self) -> EvalResult:
-        """The validation figure as the run computes it (``--eval-streams``, ``--eval-warmup``)."""
-        return evaluate_docs(self.model, self.val_docs, self.reading)
+        document); the run's own validations read it as parallel streams (``Validation.run``)."""
+        return self.validation.exact()
 
     def _evaluate_and_save(self) -> None:
         started = self.clock.now()
@@ -255,7 +194,7 @@ class Trainer:
         val = math.nan
         result = None
         if self.ctx.is_main:
-            result = self.validate()
+            result = self.validation.run()
             val = result.nats_per_char
         val_seconds = self.clock.now() - started
         val = distributed.broadcast_float(val, self.ctx)
@@ -269,11 +208,12 @@ class Trainer:
             self.best_val, self.best_step = val, self.step
         if improved and self.ctx.is_main:
             self._save_model()
+        times = self.validation.times
         mark = self.clock.now()
-        self.evals.add(mark - started)  # before the resume file, which counts this one
+        times.add(mark - started)  # before the resume file, which counts this one
         self._save_resume()
         if not self.ctx.is_main or result is None:
-            self.evals.extend(self.clock.now() - mark)
+            times.extend(self.clock.now() - mark)
             return
         record: dict[str, Any] = {
             "kind": "eval",
@@ -285,18 +225,18 @@ class Trainer:
             "is_best": improved,
             "lr": self.stepper.lr,
         }
-        sample = sample_text(self.model, self.corpus.vocab, self.config.sample_chars)
+        sample = self.validation.sample()
         if self.metrics is not None:
             try:
                 records = [*self.metrics.records(), record]
                 draw_plot(records, plot_path(self.out or self.metrics.path))
             except Exception as exc:  # a plot must never stop training
                 logger.warning("could not draw the loss plot: %s", exc)
-        self.evals.extend(self.clock.now() - mark)
+        times.extend(self.clock.now() - mark)
         record.update(
             val_seconds=round(val_seconds, 4),  # the validation reading alone
-            eval_seconds=round(self.evals.estimate, 4),  # reading, sample, files and plot
-            **self.evals.totals(self.clock.elapsed),
+            eval_seconds=round(times.estimate, 4),  # reading, sample, files and plot
+            **times.totals(self.clock.elapsed),
         )
         self.reporter.evaluation(record, sample)
         if self.metrics is not None:
@@ -307,8 +247,8 @@ class Trainer:
             "step": self.step,
             "train_seconds": round(self.train_seconds, 3),
             "wall_seconds": round(self.clock.elapsed, 3),
-            "eval_seconds": round(self.evals.total, 3),
-            "num_evals": self.evals.count,
+            "eval_seconds": round(self.validation.times.total, 3),
+            "num_evals": self.validation.times.count,
             "best_step": self.best_step,
             "best_val_nats_per_char": self.best_val if self.best_step >= 0 else None,
             "best_val_bits_per_char": (
@@ -343,10 +283,7 @@ class Trainer:
                 "bad_evals": self.bad_evals,
                 "last_eval_step": self.last_eval_step,
                 "wall_seconds": self.clock.elapsed,
-                "eval_seconds": self.evals.total,
-                "num_evals": self.evals.count,
-                "eval_estimate": self.evals.estimate,
-                "eval_chars": sum(len(d) for d in self.val_docs),
+                **self.validation.state_dict(),
                 "world_size": self.ctx.world_size,
                 "corpus_fingerprint": self.corpus.fingerprint,
                 "vocab": self.corpus.vocab.to_dict(),
@@ -377,11 +314,7 @@ class Trainer:
         self.last_eval_step = int(info["last_eval_step"])
         # files from before the wall clock was kept: their training time stands in
         self.clock.before = float(info.get("wall_seconds", info["train_seconds"]))
-        self.evals.total = float(info.get("eval_seconds", 0.0))
-        self.evals.count = int(info.get("num_evals", 0))
-        self.evals.estimate = float(info.get("eval_estimate", FILES_SECONDS))
-        # the characters the run validates on, if a time budget cut them
-        self.val_docs = limit_docs(self.val_docs, info.get("eval_chars"))
+        self.validation.load_state_dict(info)
 
     def _save_resume(self) -> None:
         state = self.state_dict()  # on every rank: the streams' states are gathered
@@ -402,11 +335,15 @@ class Trainer:
         reason = self.finished or "max_steps"
         with self.clock.running():
             self._log_train()
-            if reason != "interrupted" and self.val_docs and self.last_eval_step != self.step:
+            if (
+                reason != "interrupted"
+                and self.validation.docs
+                and self.last_eval_step != self.step
+            ):
                 self._evaluate_and_save()
             else:
                 self._save_resume()
-            if not self.val_docs and self.ctx.is_main:
+            if not self.validation.docs and self.ctx.is_main:
                 self._save_model()  # no validation text: the last model is the one kept
             if self.metrics is not None and self.ctx.is_main:
                 self.metrics.append(
@@ -415,7 +352,7 @@ class Trainer:
                         "step": self.step,
                         "stop_reason": reason,
                         "time": round(self.train_seconds, 3),
-                        **self.evals.totals(self.clock.elapsed),
+                        **self.validation.times.totals(self.clock.elapsed),
                     }
                 )
         total_chars = self.step * self.stepper.chars_per_step
@@ -427,6 +364,6 @@ class Trainer:
             stop_reason=reason,
             chars_per_sec=total_chars / max(self.train_seconds, 1e-9),
             wall_seconds=self.clock.elapsed,
-            eval_seconds=self.evals.total,
-            num_evals=self.evals.count,
+            eval_seconds=self.validation.times.total,
+            num_evals=self.validation.times.count,
         )

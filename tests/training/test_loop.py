@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-import training.loop
+import training.validation
 from models.checkpoint import load_checkpoint
 from models.scoring import score_texts
 from training.data import load_corpus
@@ -168,7 +168,8 @@ def test_trainer_state_dict_is_the_resume_file(
     )  # fmt: skip
     # the clocks go on from where they were: the budget spans the run's processes
     assert other.clock.elapsed == saved.info["wall_seconds"] > 0
-    assert (other.evals.total, other.evals.count) == (saved.info["eval_seconds"], 3)
+    times = other.validation.times
+    assert (times.total, times.count) == (saved.info["eval_seconds"], 3)
     for name, tensor in trainer.model.state_dict().items():
         torch.testing.assert_close(other.model.state_dict()[name], tensor, atol=0, rtol=0)
 
@@ -202,7 +203,7 @@ def test_a_wall_time_budget_ends_the_schedule_and_leaves_room_for_the_final_vali
 ) -> None:
     corpus = load_corpus([str(corpus_file)], cache_dir=cache_dir)
     # files take 5 ticks here, not 50: the first validation comes after a few hundred steps
-    monkeypatch.setattr(training.loop, "FILES_SECONDS", 0.05)
+    monkeypatch.setattr(training.validation, "FILES_SECONDS", 0.05)
     config = tiny_config(
         max_time=20.0, max_steps=None, eval_interval=None, eval_share=0.02, sample_chars=0
     )
