@@ -35,11 +35,12 @@ SEMANTIC_400 = {
     "not_bidirectional",
     "bidirectional_model",
     "cannot_generate",
+    "cannot_adapt",
     "model_required",
     "invalid_infill",
 }
 SEMANTIC_404 = {"model_not_found", "model_unavailable"}
-SEMANTIC_413 = {"too_many_masked_chars", "per_char_output_too_large"}
+SEMANTIC_413 = {"too_many_masked_chars", "per_char_output_too_large", "adapt_text_too_long"}
 OPEN_PATHS = {"/health", "/ready", "/metrics", "/openapi.json", "/docs", "/redoc", "/"}
 
 
