@@ -242,9 +242,10 @@ def test_every_validation_reports_its_time(
     assert [r["step"] for r in evals] == [10, 20] and records[-1]["kind"] == "summary"
     for r in evals:
         assert 0 <= r["val_seconds"] <= r["eval_seconds"] <= r["eval_total_seconds"]
-        assert r["eval_total_seconds"] <= r["wall_seconds"] and 0 <= r["eval_share"] <= 1
+        assert r["eval_total_seconds"] <= r["wall_seconds"] + 1e-3 and 0 <= r["eval_share"] <= 1
     assert (
-        evals[1]["eval_total_seconds"] >= evals[0]["eval_total_seconds"] + evals[1]["eval_seconds"]
+        evals[1]["eval_total_seconds"]
+        >= evals[0]["eval_total_seconds"] + evals[1]["eval_seconds"] - 2e-4  # 4-decimal rounding
     )
     assert 0 < result.eval_seconds < result.wall_seconds and result.num_evals == 2
     assert load_checkpoint(out).training["num_evals"] in (1, 2)
