@@ -137,9 +137,14 @@ class ProgressReporter(Reporter):
 
     def evaluation(self, record: dict[str, Any], sample: str | None) -> None:
         best = " (best)" if record.get("is_best") else ""
+        cost = (
+            f"; {record['eval_seconds']:.1f}s, validations {record['eval_share']:.1%} of the time"
+            if "eval_seconds" in record
+            else ""
+        )
         self.message(
             f"step {record['step']}: val {record['val_bpc']:.4f} bits/char,"
-            f" {record['val_nats']:.4f} nats/char{best}"
+            f" {record['val_nats']:.4f} nats/char{best}{cost}"
         )
         if sample:
             self.message("sample: " + sample.replace("\n", "\n        "))
