@@ -20,7 +20,8 @@ from app.main import create_app
 from models.checkpoint import load_checkpoint
 from tests.app.conftest import make_settings
 from tests.support import make_corpus
-from training.cli import eval_main, train_main
+from training.checkpoint_cli import eval_main
+from training.cli import train_main
 
 ARCHS = ["lstm", "bilstm", "bigru"]
 TEXT = "alpha 1 ahpla.\nbeta 2 ateb.\ngamma Ω ammag.\n"

@@ -9,14 +9,8 @@ import pytest
 from models.checkpoint import load_checkpoint
 from models.registry import available_architectures
 from models.scoring import score_texts
-from training.cli import (
-    RESUMABLE,
-    _train_parser,
-    build_train_config,
-    eval_main,
-    sample_main,
-    train_main,
-)
+from training.checkpoint_cli import eval_main, sample_main
+from training.cli import RESUMABLE, _train_parser, build_train_config, train_main
 from training.config import PRESETS, TrainConfig, field_choices
 from training.distributed import DEVICES
 

@@ -14,7 +14,7 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import ModelConfig
 from models.registry import build_model
 from tests.support import make_corpus, train_tiny_model
-from training.cli import eval_main
+from training.checkpoint_cli import eval_main
 
 REPEATED = "gamma delta beta alpha. " * 30
 

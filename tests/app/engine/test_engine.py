@@ -30,7 +30,7 @@ from models.recurrent import GRULM, LSTMLM
 from models.sampling import SamplingParams, generate
 from models.scoring import score_texts
 from models.vocab import CharVocab
-from training.cli import sample_main
+from training.checkpoint_cli import sample_main
 
 T = TypeVar("T")
 VOCAB = CharVocab(list("abcdefgh .\n"))
