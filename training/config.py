@@ -138,6 +138,15 @@ class TrainConfig(FrozenConfig):
     weight_decay: float = _setting(0.01, "decoupled weight decay", "optimisation")
     momentum: float = _setting(0.9, "SGD momentum", "optimisation")
     grad_clip: float = _setting(1.0, "gradient-norm clipping, 0 = off", "optimisation")
+    # a resumed run may turn it on, off or change it: the raw weights train the same either way
+    ema: float = _setting(
+        0.0,
+        "decay per step of an exponential moving average of the weights, 0 = off; at each"
+        " validation the averaged weights are evaluated beside the raw ones and the checkpoint"
+        " keeps whichever validates better",
+        "optimisation",
+        resumable=True,
+    )
     # without restarts the carried state is only ever zero at step 0, yet scoring and sampling
     # start there
     state_reset: float = _setting(
@@ -230,6 +239,7 @@ class TrainConfig(FrozenConfig):
             (0 <= self.final_lr_fraction <= 1, "final_lr_fraction must be in [0, 1]"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.grad_clip >= 0, "grad_clip must be >= 0 (0 disables clipping)"),
+            (0 <= self.ema < 1, "ema must be in [0, 1) (0 disables weight averaging)"),
             (0 <= self.state_reset < 1, "state_reset must be in [0, 1)"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
             (self.max_time is None or self.max_time > 0, "max_time must be > 0"),
