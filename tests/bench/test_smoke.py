@@ -190,6 +190,7 @@ ELSEWHERE = {
 OWN_FILE = {
     "evaluation": "test_evaluation_smoke.py",
     "hot_swap": "test_hot_swap_smoke.py",
+    "markov": "test_markov.py",
     "score_corpus": "test_score_corpus_smoke.py",
     "single_stream": "test_single_stream_smoke.py",
 }
