@@ -32,6 +32,9 @@ class CharLM(nn.Module):
     default_options: ClassVar[dict[str, Any]] = {}
     #: whether ``step`` may take an architecture's faster path (False: always ``forward``)
     fast_step: bool = True
+    #: the training-time regularisers of ``ModelConfig`` this architecture applies; a
+    #: configuration that turns on another is refused
+    regularisers: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -42,6 +45,12 @@ class CharLM(nn.Module):
                 f"architecture {config.arch!r} does not take option(s) {', '.join(unknown)}"
                 f" (allowed: {allowed})"
             )
+        for name in config.regularisers():
+            if name not in self.regularisers:
+                raise ValueError(
+                    f"architecture {config.arch!r} does not support {name}"
+                    f" (got {getattr(config, name)!r}); it applies to {_applying(name)}"
+                )
         self.config = config
 
     def option(self, name: str) -> Any:
@@ -78,6 +87,14 @@ class CharLM(nn.Module):
     def num_parameters(self, trainable_only: bool = False) -> int:
         params = self.parameters()
         return sum(p.numel() for p in params if p.requires_grad or not trainable_only)
+
+
+def _applying(regulariser: str) -> str:
+    """The architectures that apply ``regulariser``, for an error message."""
+    from models.registry import available_architectures, model_class  # registry imports this
+
+    names = [a for a in available_architectures() if regulariser in model_class(a).regularisers]
+    return ", ".join(names) or "no architecture"
 
 
 def detach_state(state: State) -> State:

@@ -35,12 +35,20 @@ class FrozenConfig:
         return dataclasses.replace(self, **changes)
 
 
+#: the training-time regularisers of ``ModelConfig``: off when zero / False
+REGULARISERS = ("embed_dropout", "weight_drop", "locked_dropout")
+
+
 @dataclass(frozen=True)
 class ModelConfig(FrozenConfig):
     """Hyper-parameters of one character model.
 
     ``options`` holds architecture-specific settings (clock periods, reservoir parameters, ...);
     each architecture validates the keys it understands and rejects the others.
+
+    ``embed_dropout``, ``weight_drop`` and ``locked_dropout`` are training-time regularisers
+    (``models.regularisers``); an architecture that does not apply one refuses a model that
+    sets it. Their defaults (off) are what a configuration written before them means.
     """
 
     config_kind: ClassVar[str] = "model"
@@ -52,6 +60,9 @@ class ModelConfig(FrozenConfig):
     num_layers: int = 2
     dropout: float = 0.0
     tie_weights: bool = False
+    embed_dropout: float = 0.0
+    weight_drop: float = 0.0
+    locked_dropout: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -61,8 +72,16 @@ class ModelConfig(FrozenConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "embed_dropout", "weight_drop"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if not isinstance(self.locked_dropout, bool):
+            raise ValueError(f"locked_dropout must be true or false, got {self.locked_dropout!r}")
+
+    def regularisers(self) -> list[str]:
+        """The names of the training-time regularisers this configuration turns on."""
+        return [name for name in REGULARISERS if getattr(self, name)]
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

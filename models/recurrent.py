@@ -5,7 +5,9 @@
 - ``gru``: gated recurrent unit (Cho et al. 2014).
 
 Each has an embedding, ``num_layers`` stacked recurrent layers (a deep RNN when > 1) with dropout
-between them, and a linear readout, optionally tied to the embedding.
+between them, and a linear readout, optionally tied to the embedding. In training mode the
+regularisers of ``models.regularisers`` may also apply: embedding dropout, locked dropout on the
+stack's inputs and outputs, and weight drop on its hidden-to-hidden matrices.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.base import CharLM, State
-from models.config import ModelConfig
+from models.config import REGULARISERS, ModelConfig
 from models.fast_step import FusedStep
 from models.registry import register
+from models.regularisers import LockedDropout, RowDropout, recur_with_weight_drop
 
 
 class _FusedRecurrentLM(CharLM):
@@ -27,6 +31,7 @@ class _FusedRecurrentLM(CharLM):
     rnn_class: ClassVar[type[nn.RNN] | type[nn.GRU] | type[nn.LSTM]]
     #: tensors in the state: (h,) or (h, c)
     state_tensors: ClassVar[int] = 1
+    regularisers: ClassVar[frozenset[str]] = frozenset(REGULARISERS)
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -36,7 +41,10 @@ class _FusedRecurrentLM(CharLM):
                 f"(got {config.embed_size} and {config.hidden_size})"
             )
         self.embedding = nn.Embedding(config.vocab_size, config.embed_size)
-        self.drop = nn.Dropout(config.dropout)
+        # on the stack's inputs and outputs; between its layers nn.RNNBase's own dropout
+        self.drop = (LockedDropout if config.locked_dropout else nn.Dropout)(config.dropout)
+        self.embed_drop = RowDropout(config.embed_dropout)  # rows of the embedding matrix
+        self.weight_drop = nn.Dropout(config.weight_drop)  # the hidden-to-hidden matrices
         self.rnn = self._make_rnn(config)
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
         if config.tie_weights:
@@ -63,13 +71,24 @@ class _FusedRecurrentLM(CharLM):
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         if state is None:
             state = self.initial_state(ids.shape[0], ids.device)
-        x = self.drop(self.embedding(ids))  # (B, T, E)
+        x = self.drop(self._embed(ids))  # (B, T, E)
         # the contract keeps the batch on dim 0; PyTorch's layers want (L, B, H)
         hidden = tuple(s.transpose(0, 1).contiguous() for s in state)
-        out, new_hidden = self.rnn(x, hidden if self.state_tensors == 2 else hidden[0])
+        hx = hidden if self.state_tensors == 2 else hidden[0]
+        if self.training and self.weight_drop.p > 0.0:
+            out, new_hidden = recur_with_weight_drop(self.rnn, self.weight_drop, x, hx)
+        else:
+            out, new_hidden = self.rnn(x, hx)
         logits = self.head(self.drop(out))  # (B, T, V)
         parts = new_hidden if isinstance(new_hidden, tuple) else (new_hidden,)
         return logits, tuple(s.transpose(0, 1) for s in parts)
+
+    def _embed(self, ids: Tensor) -> Tensor:
+        """``ids`` (B, T) -> embeddings (B, T, E), whole rows dropped when training with
+        embedding dropout (one mask over the vocabulary for the chunk)."""
+        if self.training and self.embed_drop.p > 0.0:
+            return F.embedding(ids, self.embed_drop(self.embedding.weight))
+        return self.embedding(ids)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         return self.zero_layer_state(batch_size, device, self.state_tensors)
