@@ -158,7 +158,9 @@ def run_charlm(row: dict[str, Any], args: argparse.Namespace, folder: Path) -> d
     (folder / "train.stdout").write_text(stdout, encoding="utf-8")
     lines = [line.strip() for line in stdout.splitlines() if line.strip()]
     row["charlm_train_seconds"] = seconds
-    row["charlm_model"] = next((x for x in lines if " parameters, vocabulary " in x), None)
+    model = next((i for i, x in enumerate(lines) if " parameters, vocabulary " in x), None)
+    row["charlm_setup"] = lines[:model]  # what the run chose before it built the model
+    row["charlm_model"] = lines[model] if model is not None else None
     row["charlm_last_line"] = lines[-1] if lines else None
     if code != 0 or not out.is_file():
         tail = (folder / "train.stderr").read_text(encoding="utf-8")[-2000:]
@@ -223,7 +225,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         if "charlm_error" in r:
             print(f"{name}: {r['charlm_error']}")
         else:
-            print(f"{name}: {r['charlm_model']}\n  {r['charlm_last_line']}")
+            print(f"{name}: {r['charlm_model']}")
+            for line in [*r["charlm_setup"], r["charlm_last_line"]]:
+                print(f"  {line}")
 
 
 def main(argv: list[str] | None = None) -> int:
