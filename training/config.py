@@ -125,6 +125,23 @@ class TrainConfig(FrozenConfig):
     tie_weights: bool = _setting(
         False, "share the embedding and output weights (needs embed = hidden size)", "model"
     )
+    embed_dropout: float = _setting(
+        0.0,
+        "embedding dropout: drop whole characters' vectors for a chunk, in [0, 1) (rnn, gru, lstm)",
+        "model",
+    )
+    weight_drop: float = _setting(
+        0.0,
+        "DropConnect on the hidden-to-hidden matrices, one mask per chunk, in [0, 1)"
+        " (rnn, gru, lstm)",
+        "model",
+    )
+    locked_dropout: bool = _setting(
+        False,
+        "--dropout on the recurrent stack's inputs and outputs keeps one mask per stream for the"
+        " whole chunk (between stacked layers it stays per element) (rnn, gru, lstm)",
+        "model",
+    )
     seq_len: int = _setting(32, "characters per truncated-BPTT chunk", "optimisation")
     batch_size: int = _setting(64, "parallel text streams (per process)", "optimisation")
     optimizer: str = _setting(
@@ -266,6 +283,9 @@ class TrainConfig(FrozenConfig):
             num_layers=self.num_layers,
             dropout=self.dropout,
             tie_weights=self.tie_weights,
+            embed_dropout=self.embed_dropout,
+            weight_drop=self.weight_drop,
+            locked_dropout=self.locked_dropout,
             options=dict(self.arch_options),
         )
 
