@@ -38,13 +38,18 @@ def unwrap_elman(module: nn.Module) -> CharLM:
 
 
 def check_elman(model: CharLM) -> None:
-    """Raise ``ValueError`` unless ``model`` is a one-layer ``rnn`` without dropout or tying."""
+    """Raise ``ValueError`` unless ``model`` is a one-layer ``rnn`` without dropout, tying or
+    another regulariser."""
     cfg = model.config
     if cfg.arch != "rnn" or cfg.num_layers != 1 or cfg.dropout != 0.0 or cfg.tie_weights:
         raise ValueError(
             "RTRL and EKF training support the 'rnn' architecture with num_layers=1, dropout=0 "
             f"and untied weights (got arch={cfg.arch!r}, num_layers={cfg.num_layers}, "
             f"dropout={cfg.dropout}, tie_weights={cfg.tie_weights})"
+        )
+    if cfg.regularisers():
+        raise ValueError(
+            f"RTRL and EKF training apply no {', '.join(cfg.regularisers())}: leave it off"
         )
 
 

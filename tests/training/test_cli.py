@@ -190,3 +190,29 @@ def test_a_tie_weights_flag_turns_the_boolean_on_and_off() -> None:
     off = vars(parser.parse_args(["--data", "x", "--out", "y", "--no-tie-weights"]))
     assert build_train_config(on).tie_weights and not build_train_config(off).tie_weights
     assert "tie_weights" not in vars(parser.parse_args(["--data", "x", "--out", "y"]))
+
+
+def test_the_regulariser_flags_train_and_are_kept_in_the_checkpoint(
+    tmp_path: Path, corpus_file: Path, cache_dir: Path
+) -> None:
+    out = tmp_path / "reg.safetensors"
+    flags = ["--embed-dropout", "0.1", "--weight-drop", "0.2", "--locked-dropout",
+             "--dropout", "0.2", "--max-steps", "6", "--eval-interval", "3"]  # fmt: skip
+    assert _train(corpus_file, out, cache_dir, *flags) == 0
+    loaded = load_checkpoint(out)
+    config = loaded.config
+    assert (config.embed_dropout, config.weight_drop, config.locked_dropout) == (0.1, 0.2, True)
+    assert loaded.train_config["weight_drop"] == 0.2
+    (score,) = score_texts(loaded.model, loaded.vocab, ["alpha beta\n"])
+    assert score.num_chars == 11 and bool(score.logprobs.isfinite().all())
+
+
+def test_an_architecture_without_a_regulariser_is_a_clean_error(
+    tmp_path: Path, corpus_file: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        _train(corpus_file, tmp_path / "m.safetensors", cache_dir, "--arch", "clockwork",
+               "--weight-drop", "0.2")  # fmt: skip
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'clockwork' does not support weight_drop" in err and "Traceback" not in err

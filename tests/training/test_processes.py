@@ -1,4 +1,5 @@
-"""Whole-process behaviour: signals save and exit cleanly; two-process DDP writes one checkpoint."""
+"""Whole-process behaviour: signals save and exit cleanly; two-process DDP writes one checkpoint,
+with the regularisers too."""
 
 from __future__ import annotations
 
@@ -90,3 +91,22 @@ def test_two_process_ddp_run_writes_one_checkpoint(
     # the carried state of both ranks' streams is kept: 2 ranks x 4 streams
     carried = load_resume(resume_path(out)).carried
     assert carried[0].shape[0] == 8
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_with_weight_drop_and_the_other_regularisers(
+    tmp_path: Path, corpus_file: Path, cache_dir: Path
+) -> None:
+    out = tmp_path / "ddp" / "m.safetensors"
+    args = [*_train_args(corpus_file, out, cache_dir), "--max-steps", "4", "--eval-interval", "4",
+            "--weight-drop", "0.3", "--embed-dropout", "0.1", "--locked-dropout",
+            "--dropout", "0.2"]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "training", *args]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Warning" not in result.stderr  # none from the layer's weights (flatten_parameters)
+    loaded = load_checkpoint(out)
+    assert loaded.training["world_size"] == 2 and loaded.config.weight_drop == 0.3

@@ -83,6 +83,13 @@ def test_only_small_elman_models() -> None:
         RealTimeRecurrentLearning(
             deep, torch.optim.SGD(deep.parameters()), 0.0, torch.device("cpu")
         )
+    dropped = build_model(
+        ModelConfig(arch="rnn", vocab_size=5, hidden_size=4, num_layers=1, weight_drop=0.2)
+    )
+    with pytest.raises(ValueError, match="apply no weight_drop"):
+        RealTimeRecurrentLearning(
+            dropped, torch.optim.SGD(dropped.parameters()), 0.0, torch.device("cpu")
+        )
 
 
 @pytest.mark.parametrize("algorithm", ["rtrl", "ekf"])
