@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from models.scoring import bits_per_char
-from training import distributed
+from training import auto, distributed
 from training.batches import StreamError
 from training.config import (
     DEFAULT_PRESET,
@@ -178,6 +178,13 @@ def train_main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     try:
         corpus = _load_corpus_ranked(args, config, context)
+        if not args.get("resume"):
+            explicit = {k for k in args if k not in _DATA_FLAGS}
+            config, chosen = auto.resolve(
+                config, explicit, len(corpus.train_ids), len(corpus.vocab), context
+            )
+            if chosen and context.is_main:
+                print(chosen)
         if config.arch == "esn":  # the readout is fitted in closed form: no training loop
             return _train_esn(config, corpus, out, context)
         reporter = ProgressReporter() if context.is_main else Reporter()

@@ -60,7 +60,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_steps": 20000,
     },
 }
-DEFAULT_PRESET = "small"
+#: sizes the model to the corpus, the budget and the device when the run starts (training.auto);
+#: until then, and for the architectures it does not size, it holds the ``small`` values
+AUTO_PRESET = "auto"
+DEFAULT_PRESET = AUTO_PRESET
+PRESET_NAMES = (AUTO_PRESET, *PRESETS)
 
 Choices = Sequence[str] | Callable[[], Sequence[str]]
 
@@ -106,9 +110,10 @@ class TrainConfig(FrozenConfig):
 
     preset: str = _setting(
         DEFAULT_PRESET,
-        "named size and hyper-parameters; explicit flags override its values",
+        "auto: size the model and recipe to the corpus, the time budget and the device"
+        " (docs/training.md); or a named size; explicit flags override its values",
         "model",
-        choices=tuple(PRESETS),
+        choices=PRESET_NAMES,
     )
     arch: str = _setting("lstm", "architecture", "model", choices=available_architectures)
     arch_options: dict[str, Any] = field(
@@ -292,6 +297,7 @@ class TrainConfig(FrozenConfig):
 
 def config_from_preset(preset: str, **overrides: Any) -> TrainConfig:
     """The preset's values with ``overrides`` on top."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    return TrainConfig(preset=preset, **{**PRESETS[preset], **overrides})
+    if preset not in PRESET_NAMES:
+        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESET_NAMES)}")
+    values = PRESETS["small" if preset == AUTO_PRESET else preset]
+    return TrainConfig(preset=preset, **{**values, **overrides})

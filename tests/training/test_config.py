@@ -8,7 +8,7 @@ import pytest
 
 from models.registry import available_architectures
 from training.algorithms import ALGORITHMS
-from training.config import PRESETS, TrainConfig, config_from_preset, field_choices
+from training.config import PRESET_NAMES, PRESETS, TrainConfig, config_from_preset, field_choices
 from training.distributed import DEVICES
 
 
@@ -23,7 +23,7 @@ def test_choices_come_from_where_the_values_are_defined() -> None:
     assert choices["device"] == DEVICES
     assert choices["algorithm"] == tuple(ALGORITHMS)
     assert choices["arch"] == tuple(available_architectures())
-    assert choices["preset"] == tuple(PRESETS)
+    assert choices["preset"] == PRESET_NAMES == ("auto", *PRESETS)
     assert choices["hidden_size"] is None
 
 
