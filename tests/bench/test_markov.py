@@ -126,9 +126,7 @@ def test_the_grid_is_parsed_and_checked() -> None:
 
 
 @pytest.mark.slow  # charlm-train for 5 s and charlm-eval, as processes: about 15 s
-def test_smoke_run_prints_the_table(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_smoke_run_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert markov.main(["--smoke", "--json", str(tmp_path / "markov.json")]) == 0
     output = capsys.readouterr().out
     assert markov.TABLE_HEAD in output
