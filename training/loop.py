@@ -2,8 +2,10 @@
 keeping, early stopping, resume state and files, stop requests.
 
 Files beside ``--out X.safetensors`` (rank 0 only): ``X.safetensors`` holds the model with the
-best validation loss (the last one when there is no validation text), ``X.resume.safetensors``
-the state to continue from, ``X.metrics.jsonl`` the metrics and ``X.png`` the loss plot.
+best validation loss (the last one when there is no validation text; with ``--ema``, the raw
+weights or their average, whichever validated better: ``training.averaging``),
+``X.resume.safetensors`` the state to continue from, ``X.metrics.jsonl`` the metrics and
+``X.png`` the loss plot.
 
 Validation reads the text as parallel streams (``training.evaluate``): a close estimate of the
 exact figure ``charlm-eval`` gives, at a fraction of its cost. Its time, with the sample and the
@@ -13,6 +15,7 @@ without ``--eval-interval`` it decides when the next validation comes (``trainin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -24,13 +27,21 @@ from typing import Any
 from models.checkpoint import save_checkpoint
 from models.scoring import bits_per_char
 from training import distributed
+from training.averaging import checkpoint_info, read_both
 from training.budget import RunClock, TimeBudget
 from training.config import TrainConfig
 from training.data import Corpus
 from training.distributed import DistContext
 from training.evaluate import EvalResult
 from training.report import MetricsLog, Reporter, draw_plot, metrics_path, plot_path
-from training.resume import ResumeError, ResumeState, load_resume, resume_path, save_resume
+from training.resume import (
+    ResumeError,
+    ResumeState,
+    check_same_run,
+    load_resume,
+    resume_path,
+    save_resume,
+)
 from training.signals import StopRequest
 from training.step import Stepper
 from training.validation import Validation
@@ -192,10 +203,10 @@ class Trainer:
         started = self.clock.now()
         self.last_eval_step = self.step
         val = math.nan
-        result = None
-        if self.ctx.is_main:
-            result = self.validation.run()
-            val = result.nats_per_char
+        validated = None
+        if self.ctx.is_main:  # the raw weights and, with --ema, their average
+            validated = read_both(self.validation.run, self.stepper.average)
+            val = validated.best.nats_per_char
         val_seconds = self.clock.now() - started
         val = distributed.broadcast_float(val, self.ctx)
         improved = val < self.best_val
@@ -206,24 +217,26 @@ class Trainer:
             self.bad_evals += 1
         if improved:
             self.best_val, self.best_step = val, self.step
-        if improved and self.ctx.is_main:
-            self._save_model()
+        if improved and validated is not None:
+            self._save_model(validated.weights)
         times = self.validation.times
         mark = self.clock.now()
         times.add(mark - started)  # before the resume file, which counts this one
         self._save_resume()
-        if not self.ctx.is_main or result is None:
+        if validated is None:
             times.extend(self.clock.now() - mark)
             return
+        result = validated.raw
         record: dict[str, Any] = {
             "kind": "eval",
             "step": self.step,
             "time": round(self.train_seconds, 3),
-            "val_nats": val,
+            "val_nats": result.nats_per_char,  # the raw weights'; the average's in ema_val_nats
             "val_bpc": result.bits_per_char,
             "val_chars": result.num_chars,
             "is_best": improved,
             "lr": self.stepper.lr,
+            **validated.figures(),
         }
         sample = self.validation.sample()
         if self.metrics is not None:
@@ -260,16 +273,19 @@ class Trainer:
             "world_size": self.ctx.world_size,
         }
 
-    def _save_model(self) -> None:
+    def _save_model(self, weights: str = "raw") -> None:
+        """The model with its raw weights, or with their average (``weights="ema"``)."""
         if self.out is None:
             return
-        save_checkpoint(
-            self.out,
-            self.model,
-            self.corpus.vocab,
-            train_config=self.config.to_dict(),
-            training=self.summary(),
-        )
+        average = self.stepper.average
+        with average.swapped_in() if weights == "ema" and average else contextlib.nullcontext():
+            save_checkpoint(
+                self.out,
+                self.model,
+                self.corpus.vocab,
+                train_config=self.config.to_dict(),
+                training={**self.summary(), **checkpoint_info(weights, average)},
+            )
 
     # ------------------------------------------------------------------ resume state
     def state_dict(self) -> ResumeState:
@@ -294,19 +310,13 @@ class Trainer:
     def load_state_dict(self, saved: ResumeState) -> None:
         """Continue from ``saved``, after checking it is a state of this run (``ResumeError``)."""
         info = saved.info
-        if info["corpus_fingerprint"] != self.corpus.fingerprint:
-            raise ResumeError("the training data differ from the data the run started with")
-        if info["vocab"] != self.corpus.vocab.to_dict():
-            raise ResumeError("the vocabulary differs from the one the run started with")
-        # any number of processes, as long as they train the run's streams (its global batch)
-        streams = int(info["world_size"]) * int(info["train_config"]["batch_size"])
-        if streams != self.ctx.world_size * self.config.batch_size:
-            raise ResumeError(
-                f"the run trained {streams} streams ({info['train_config']['batch_size']} per"
-                f" process x {info['world_size']} processes); resume it with a batch size per"
-                f" process x processes of {streams}, not {self.config.batch_size} x"
-                f" {self.ctx.world_size}"
-            )
+        check_same_run(
+            info,
+            self.corpus.fingerprint,
+            self.corpus.vocab.to_dict(),
+            self.config.batch_size,
+            self.ctx.world_size,
+        )
         self.stepper.load_state_dict(saved)
         self.best_val = math.inf if info["best_val"] is None else float(info["best_val"])
         self.best_step = int(info["best_step"])

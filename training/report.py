@@ -67,12 +67,15 @@ def draw_plot(records: list[dict[str, Any]], path: Path) -> None:
 
     train = [(r["step"], r["train_loss"]) for r in records if r.get("kind") == "train"]
     val = [(r["step"], r["val_nats"]) for r in records if r.get("kind") == "eval"]
+    ema = [(r["step"], r["ema_val_nats"]) for r in records if "ema_val_nats" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     try:
         if train:
             ax.plot(*zip(*train, strict=True), label="train", linewidth=1, alpha=0.7)
         if val:
             ax.plot(*zip(*val, strict=True), label="validation", marker="o", linewidth=1.5)
+        if ema:
+            ax.plot(*zip(*ema, strict=True), label="validation, weight average", marker=".")
         ax.set_xlabel("step")
         ax.set_ylabel("loss (nats/char)")
         ax.grid(alpha=0.3)
@@ -137,6 +140,8 @@ class ProgressReporter(Reporter):
 
     def evaluation(self, record: dict[str, Any], sample: str | None) -> None:
         best = " (best)" if record.get("is_best") else ""
+        if "ema_val_bpc" in record:  # the raw weights' figure, then the average's
+            best = f"; weight average {record['ema_val_bpc']:.4f} bits/char{best}"
         cost = (
             f"; {record['eval_seconds']:.1f}s, validations {record['eval_share']:.1%} of the time"
             if "eval_seconds" in record

@@ -6,6 +6,8 @@ Beside ``X.safetensors`` (the best model, what the server loads) a run keeps
 - tensors ``model/<name>`` (the current weights), ``optim/<param index>/<key>`` (optimizer
   state), ``state/<i>`` (the carried recurrent state of every stream, all ranks stacked) and
   ``rng/torch`` (``rng/cuda`` on a GPU): the exact bit patterns, so the continuation is exact;
+- with weight averaging (``--ema``), tensors ``average/<name>`` (``training.averaging``); a file
+  without them continues with an average started from its weights;
 - metadata ``charlm.resume``: JSON with the training config, step, data position, schedule clock,
   best validation loss, early-stopping counter, the optimizer's non-tensor settings, the corpus
   fingerprint and the vocabulary.
@@ -53,6 +55,27 @@ class ResumeState:
     carried: tuple[torch.Tensor, ...] = ()
     rng: dict[str, torch.Tensor] = field(default_factory=dict)
     algorithm: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. RTRL's sensitivity
+    average: dict[str, torch.Tensor] = field(default_factory=dict)  # the weight average's
+
+
+def check_same_run(
+    info: dict[str, Any], fingerprint: str, vocab: dict[str, Any], batch_size: int, world_size: int
+) -> None:
+    """A ``ResumeError`` unless ``info`` (a resume file's) is a state of the run on this data
+    (``fingerprint``), with this vocabulary, training as many streams (``batch_size`` per
+    process x ``world_size`` processes) as it did: any number of processes will do."""
+    if info["corpus_fingerprint"] != fingerprint:
+        raise ResumeError("the training data differ from the data the run started with")
+    if info["vocab"] != vocab:
+        raise ResumeError("the vocabulary differs from the one the run started with")
+    saved_batch = int(info["train_config"]["batch_size"])
+    streams = int(info["world_size"]) * saved_batch
+    if streams != world_size * batch_size:
+        raise ResumeError(
+            f"the run trained {streams} streams ({saved_batch} per"
+            f" process x {info['world_size']} processes); resume it with a batch size per"
+            f" process x processes of {streams}, not {batch_size} x {world_size}"
+        )
 
 
 def _split_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -80,6 +103,8 @@ def save_resume(path: str | os.PathLike[str], resume: ResumeState) -> None:
         tensors[f"rng/{name}"] = value.detach().to("cpu").contiguous()
     for name, value in resume.algorithm.items():
         tensors[f"algorithm/{name}"] = value.detach().to("cpu").contiguous()
+    for name, value in resume.average.items():
+        tensors[f"average/{name}"] = value.detach().to("cpu").contiguous()
     info = {
         "format": RESUME_FORMAT,
         "version": RESUME_VERSION,
@@ -112,6 +137,9 @@ def load_resume(path: str | os.PathLike[str]) -> ResumeState:
     algorithm = {
         k.removeprefix("algorithm/"): v for k, v in tensors.items() if k.startswith("algorithm/")
     }
+    average = {
+        k.removeprefix("average/"): v for k, v in tensors.items() if k.startswith("average/")
+    }
     carried = tuple(tensors[f"state/{i}"] for i in range(int(info["num_carried"])))
     rest = info.pop("optimizer")
     optim_state: dict[int, dict[str, Any]] = {}
@@ -123,5 +151,11 @@ def load_resume(path: str | os.PathLike[str]) -> ResumeState:
         optim_state.setdefault(int(index), {}).update(entry)
     optimizer = {"state": optim_state, "param_groups": rest["param_groups"]}
     return ResumeState(
-        info=info, model=model, optimizer=optimizer, carried=carried, rng=rng, algorithm=algorithm
+        info=info,
+        model=model,
+        optimizer=optimizer,
+        carried=carried,
+        rng=rng,
+        algorithm=algorithm,
+        average=average,
     )

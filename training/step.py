@@ -1,10 +1,10 @@
 """The training step: the model, its optimizer and algorithm, the text streams and their state.
 
 ``Stepper`` holds everything one optimisation step reads and changes (weights, optimizer state,
-the algorithm's own tensors, the streams' carried state and data position, the global random
-state, the step count and the training clock), takes steps, and serialises all of it with
-``state_dict()`` / ``load_state_dict()``. The run around it (budgets, validation, files,
-signals) is ``training.loop.Trainer``.
+the algorithm's own tensors, the weights' moving average with ``--ema``, the streams' carried
+state and data position, the global random state, the step count and the training clock), takes
+steps, and serialises all of it with ``state_dict()`` / ``load_state_dict()``. The run around it
+(budgets, validation, files, signals) is ``training.loop.Trainer``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from models.scoring import bits_per_char
 from models.vocab import BOS_ID
 from training import distributed
 from training.algorithms import ALGORITHMS, TruncatedBPTT
+from training.averaging import WeightAverage
 from training.batches import StreamBatcher
 from training.config import TrainConfig
 from training.distributed import DistContext
@@ -133,6 +134,8 @@ class Stepper:
             seed=config.seed,
         )
         self.state: State = self.model.initial_state(config.batch_size, self.device)
+        # every rank has the same weights, so the same average
+        self.average = WeightAverage(self.model, config.ema) if config.ema else None
         self.step = 0
         self.train_seconds = 0.0
         self.lr = config.lr
@@ -173,6 +176,8 @@ class Stepper:
             targets.to(self.device, non_blocking=True),
             self.state,
         )
+        if self.average is not None:
+            self.average.update()
         self._interval_loss += loss
         self._interval_steps += 1
         self.step += 1
@@ -225,6 +230,7 @@ class Stepper:
             carried=carried,
             rng=rng,
             algorithm=self.train_step.carried(),
+            average=self.average.state_dict() if self.average is not None else {},
         )
 
     def load_state_dict(self, saved: ResumeState) -> None:
@@ -235,9 +241,14 @@ class Stepper:
         of the carried state whatever the layout, the data position and the optimizer state are
         the same on every rank, and the weights are one copy. Only the per-rank random state
         (dropout) has no counterpart in another layout: each rank then starts a fresh one from
-        the seed, its rank and the step.
+        the seed, its rank and the step. A state without a weight average (a run without
+        ``--ema``, or from before it) starts the average from the weights it holds.
         """
         self.model.load_state_dict(saved.model, strict=True)
+        if self.average is not None and saved.average:
+            self.average.load_state_dict({k: v.to(self.device) for k, v in saved.average.items()})
+        elif self.average is not None:
+            self.average.reset()
         self.optimizer.load_state_dict(saved.optimizer)
         b = self.config.batch_size
         rows = slice(self.ctx.rank * b, (self.ctx.rank + 1) * b)

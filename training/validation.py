@@ -79,7 +79,15 @@ class Validation:
         if cfg.max_time is None and (cfg.eval_interval is not None or not self.docs):
             return
         started = self.now()
-        fits = None if cfg.max_time is None else VALIDATION_SHARE * cfg.max_time - FILES_SECONDS
+        # with a weight average the text is read twice (training.averaging): each reading gets
+        # half the time, and the estimate counts both (the sample twice, an estimate on the safe
+        # side until the first validation is timed)
+        readings = 2 if cfg.ema else 1
+        fits = (
+            None
+            if cfg.max_time is None
+            else (VALIDATION_SHARE * cfg.max_time - FILES_SECONDS) / readings
+        )
         sample_chars = cfg.sample_chars if self.docs else 0
         docs, estimate = fit_to_time(
             self.model, self.corpus.vocab, self.docs, self.reading, sample_chars, fits, self.now
@@ -93,7 +101,7 @@ class Validation:
                 100 * VALIDATION_SHARE,
             )
             self.docs = docs
-        self.times.estimate = FILES_SECONDS + estimate
+        self.times.estimate = FILES_SECONDS + readings * estimate
         self.times.total += self.now() - started  # time spent for validation, too
 
     def state_dict(self) -> dict[str, Any]:

@@ -69,3 +69,19 @@ def test_missing_and_foreign_files_are_clear_errors(tmp_path: Path) -> None:
     junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     with pytest.raises(ResumeError, match="unreadable"):
         load_resume(junk)
+
+
+def test_the_weight_average_round_trips_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "m.resume.safetensors"
+    state = _state(3)
+    save_resume(path, state)
+    assert load_resume(path).average == {}  # a run without one, or a file from before them
+    state.average = {
+        "weight": torch.randn(2, 3),
+        "bias": torch.randn(2),
+        "@updates": torch.tensor(3),
+    }
+    save_resume(path, state)
+    loaded = load_resume(path).average
+    assert set(loaded) == set(state.average)
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in state.average.items())
