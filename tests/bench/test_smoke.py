@@ -120,9 +120,9 @@ def check_architectures(output: str, code: int, tmp: Path) -> None:
 
 def check_clockwork_paper(output: str, code: int, tmp: Path) -> None:
     assert code == 0
-    assert "| model | weights | NMSE mean ± std | best seed | per seed |" in output
-    for model in ("Simple RNN", "LSTM", "Clockwork RNN"):
-        finite_figures(line_with(output, f"| {model} |"))
+    assert "| model (init) | weights | optimiser, rate | NMSE mean ± std | min | max |" in output
+    for model in ("Simple RNN (N(0, 0.1))", "LSTM (PyTorch default)", "Clockwork RNN (N(0"):
+        finite_figures(line_with(output, f"| {model}"))
 
 
 def check_fuzz(output: str, code: int, tmp: Path) -> None:
