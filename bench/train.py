@@ -1,21 +1,33 @@
 """Training benchmark: charlm's loop against the plain loop a careful user would write.
 
-Both train on ``../shared/data/tinyshakespeare.txt`` (the last 10% is validation) for the same
-budget of *their own* training time. The machine may be shared and noisy, so the two trainers run
-in one process and take turns in short slices (A B B A A B ...), each timing only its own steps:
-slow periods fall on both alike. Both are evaluated by the same rule at the same points of their
-training time (every ``--eval-every`` seconds and at the end; evaluation time is not counted):
-the whole validation text in one stream, state carried from start to end. The reference is also
-scored the way it was trained (windows of its sequence length from a zero state) and keeps the
-better of the two figures.
+Both train on ``--data`` (default ``../shared/data/tinyshakespeare.txt``; the last 10% is
+validation) for the same budget of seconds each. The machine may be shared and noisy, so the two
+trainers run in one process and take turns in short slices (A B B A A B ...), each timing only
+its own work: slow periods fall on both alike. Both are evaluated by the same rule at the same
+points of their budgets (every ``--eval-every`` seconds and at the end; this evaluation is
+counted for neither): the whole validation text in one stream, state carried from start to end.
+The reference is also scored the way it was trained (windows of its sequence length from a zero
+state) and keeps the better of the two figures.
 
 The reference is what a careful user writes with plain PyTorch: a 2x256 ``nn.LSTM`` with dropout
 0.1 between its layers, fused AdamW with a cosine learning rate from 2e-3 to 2e-4 over the
 budget, gradient clipping, and the same arithmetic as charlm (bfloat16 autocast where charlm's
-``precision`` setting chooses it on this machine, float32 elsewhere). charlm runs its preset with
-its defaults (stream restarts included) unless ``--set`` says otherwise.
+``precision`` setting chooses it on this machine, float32 elsewhere).
+
+charlm runs its default preset, ``auto``, as ``charlm-train`` does: ``training.auto.resolve``
+sizes the model to the corpus's training characters and the budget (the ``auto:`` line says what
+it chose; settings given with ``--set`` are kept), the speed probe's seconds come off charlm's
+budget, and the ``Trainer`` validates on its own schedule, for early stopping and the weight
+average (read as ``charlm-train`` keeps its weights: the better of the raw ones and their
+average). The budgets differ in what they count, in the reference's favour: charlm's is its
+``Trainer``'s wall clock, its own validations and the time it keeps back for a final validation
+included, while the reference's counts only its training steps. A named ``--preset`` runs with
+that preset's values and no validations of its own (the figures docs/benchmarks.md gives for
+``small``). ``--set max_steps=N`` ends charlm's run at N steps with a schedule that follows the
+steps, so that runs compare on a busy machine.
 
     python -m bench.train                 # 8 minutes each (about 17 minutes in all)
+    python -m bench.train --data ../shared/data/warpeace.txt --budget 1800
     python -m bench.train --budget 120    # a quicker look
     python -m bench.train --smoke         # seconds: a small generated corpus, tiny budgets
 """
@@ -38,9 +50,11 @@ import torch
 from bench.machine import machine_line
 from bench.smoke import smoke_corpus
 from bench.train_reference import ReferenceTrainer
-from training.config import TrainConfig, config_from_preset
+from training import auto
+from training.averaging import read_both
+from training.config import AUTO_PRESET, TrainConfig, config_from_preset
 from training.data import load_corpus
-from training.distributed import choose_num_threads
+from training.distributed import DistContext, choose_num_threads
 from training.loop import Trainer
 from training.precision import autocast_dtype
 
@@ -62,6 +76,14 @@ def finished(runner: Any, budget: float) -> bool:
     return bool(runner.train_seconds >= budget or getattr(runner, "finished", None))
 
 
+def reading(runner: Any) -> float:
+    """A runner's validation figure in nats/char. charlm's is the better of its raw weights and,
+    with ``ema``, their average: the weights ``charlm-train`` would keep."""
+    if isinstance(runner, Trainer):
+        return read_both(runner.evaluate, runner.stepper.average).best.nats_per_char
+    return float(runner.evaluate())
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -76,7 +98,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=480.0, help="training seconds for each")
     parser.add_argument("--slice", type=float, default=15.0, help="seconds per turn")
     parser.add_argument("--eval-every", type=float, default=120.0, help="training seconds")
-    parser.add_argument("--preset", default="small", help="charlm preset")
+    parser.add_argument(
+        "--preset", default=AUTO_PRESET, help="charlm preset (auto: sized to corpus and budget)"
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -120,8 +144,7 @@ def run_turns(runners: dict[str, Any], args: argparse.Namespace) -> dict[str, Tr
             runner.advance(min(args.slice, args.budget - runner.train_seconds))
             done = finished(runner, args.budget)
             if runner.train_seconds >= next_eval[name] or done:
-                nats = runner.evaluate()
-                nats = getattr(nats, "nats_per_char", nats)
+                nats = reading(runner)
                 tracks[name].evals.append((runner.train_seconds, nats))
                 next_eval[name] += args.eval_every
                 print(
@@ -177,14 +200,19 @@ def run(args: argparse.Namespace) -> int:
     settings: dict[str, Any] = {
         "max_time": args.budget,
         "max_steps": None,
-        "eval_interval": 10**9,
         "sample_chars": 0,
         "seed": args.seed,
         "device": "cpu",
     }
-    settings.update(parse_overrides(args.set))
+    if args.preset != AUTO_PRESET:
+        settings["eval_interval"] = 10**9  # no validations of its own: as the figures were taken
+    given = parse_overrides(args.set)
+    settings.update(given)
     config = config_from_preset(args.preset, **settings)
     corpus = load_corpus([str(args.data)], val_fraction=0.1, min_char_count=config.min_char_count)
+    config, chosen = auto.resolve(
+        config, set(given), len(corpus.train_ids), len(corpus.vocab), DistContext()
+    )
     charlm = Trainer(config, corpus, out=None)
     # the reference computes in the format charlm's own rule picks for this CPU
     dtype = autocast_dtype(config.precision, torch.device("cpu"))
@@ -202,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
         runners = {args.only: runners[args.only]}
     print(machine_line(threads))
     print(f"corpus {args.data.name}; budget {args.budget:g}s each; slices of {args.slice:g}s")
+    if chosen:
+        print(chosen)
     print(f"charlm config: {json.dumps(dataclasses.asdict(config), sort_keys=True)}")
     print(
         f"arithmetic: charlm {charlm.autocast_dtype or torch.float32} (precision "

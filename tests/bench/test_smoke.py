@@ -56,6 +56,7 @@ def check_train(output: str, code: int, tmp: Path) -> None:
     assert dtypes, output
     assert dtypes.group(1) == dtypes.group(2), "both loops must compute in the same format"
     assert "charlm state_reset 0.01;" in output, "charlm runs with its default stream restarts"
+    assert re.search(r"^auto: \d+x\d+ lstm ", output, re.M), "charlm runs the auto preset"
     assert "| loop | best val nats/char | best val bits/char | chars/s | parameters | steps |" in (
         output
     )
