@@ -17,7 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from bench import adaptive, architectures, clockwork_paper, fuzz, kill_resume, serve, soak, train
+from bench import (
+    adaptive,
+    architectures,
+    clockwork_paper,
+    fuzz,
+    kill_resume,
+    recipe,
+    recipe_report,
+    serve,
+    soak,
+    train,
+)
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
@@ -165,10 +176,36 @@ def check_adaptive(output: str, code: int, tmp: Path) -> None:
     assert figures["results"] and all(math.isfinite(r["cost_ratio"]) for r in figures["results"])
 
 
+def check_recipe(output: str, code: int, tmp: Path) -> None:
+    assert code == 0, output
+    # the default preset, as a user runs it: no flag beyond the data, the budget and the file
+    assert re.search(r"^\$ \S*charlm-train --data \S+ --max-time 3 --out \S+$", output, re.M)
+    assert recipe_report.TABLE_HEAD in output and recipe_report.ADAPT_HEAD in output
+    row = line_with(output, "| 3 |")
+    assert re.search(r"\| \d+x\d+ lstm \(.*weights\); dropout ", row), "what auto chose"
+    finite_figures(row)
+    finite_figures(line_with(output.split(recipe_report.ADAPT_HEAD)[1], "| 3 |"))
+    (figures,) = json.loads((tmp / "recipe.json").read_text())
+    held_out = int(numbers(line_with(output, "corpus smoke-corpus.txt:"))[1])
+    trained = re.search(r"([\d,]+) validation characters", output)
+    assert trained and int(trained.group(1).replace(",", "")) == held_out
+    for kind in ("static", "adaptive"):
+        scores = figures[kind]
+        assert scores["num_chars"] == held_out, "charlm-eval scores the text training held out"
+        assert 0 < scores["nats_per_char"] < 10 and math.isfinite(scores["seconds_per_char"])
+    assert figures["adaptive_minus_static_bits_per_char"] == pytest.approx(
+        figures["adaptive"]["bits_per_char"] - figures["static"]["bits_per_char"]
+    )
+    assert figures["curve"] and all(w > 0 and 0 < v < 10 for w, v in figures["curve"])
+    assert figures["wall_seconds"] > 0 and figures["verdict"] == "-", "no target here"
+    assert (tmp / "mine.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 Check = Callable[[str, int, Path], None]
 CASES: dict[str, tuple[Callable[[list[str]], int], list[str], Check]] = {
     "train": (train.main, ["--threads", "1"], check_train),
     "adaptive": (adaptive.main, ["--json", "{tmp}/adaptive.json"], check_adaptive),
+    "recipe": (recipe.main, ["--out", "{tmp}", "--json", "{tmp}/recipe.json"], check_recipe),
     "serve": (serve.main, ["--json", "{tmp}/serve.json"], check_serve),
     "architectures": (
         architectures.main,
