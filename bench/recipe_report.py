@@ -71,8 +71,9 @@ class RunFigures:
     def from_run(
         cls, budget: float, wall_seconds: float, stdout: str, records: list[dict[str, Any]]
     ) -> RunFigures:
+        # with a weight average a validation reads both; the better is the one the run keeps
         curve = [
-            (float(r["wall_seconds"]), float(r["val_nats"]))
+            (float(r["wall_seconds"]), min(r["val_nats"], r.get("ema_val_nats", math.inf)))
             for r in records
             if r.get("kind") == "eval" and "wall_seconds" in r
         ]
@@ -176,8 +177,12 @@ def draw_curves(rows: list[RunFigures], title: str, targets: Targets, path: Path
                 ax.plot(*zip(*r.curve, strict=True), marker="o", markersize=3, label=label)
         for budget, target in targets.loss.items():
             ax.axhline(target, linestyle="--", linewidth=0.8, color="grey")
-            ax.annotate(f"target {target:g} by {budget:g} s", (0, target), fontsize=7)
+            label = f"target {target:g} by {budget:g} s"
+            ax.text(
+                0.01, target, label, fontsize=7, va="bottom", transform=ax.get_yaxis_transform()
+            )
         ax.set_xlabel("seconds of the run's wall clock (what --max-time counts)")
+        ax.set_xlim(left=0)
         ax.set_ylabel("validation nats/char")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
