@@ -193,7 +193,7 @@ def resolve(
 ) -> tuple[TrainConfig, str]:
     """``config`` with the ``auto`` choices for every setting not in ``explicit``, and the line
     that says what was chosen. Rank 0 measures the speeds and every rank gets its figures, so
-    all processes of a run choose alike. The probe's seconds come off ``max_time``."""
+    all processes of a run choose alike."""
     if config.preset != AUTO_PRESET:
         return config, ""
     if config.arch not in SIZED_ARCHS:
@@ -237,6 +237,4 @@ def resolve(
     )
     changes = {k: v for k, v in choice.values.items() if k not in explicit}
     probe_seconds = time.perf_counter() - started
-    if config.max_time is not None:
-        changes["max_time"] = max(1.0, config.max_time - probe_seconds)
     return config.replace(**changes), f"{choice.reason} (chosen in {probe_seconds:.1f}s)"

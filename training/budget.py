@@ -8,6 +8,7 @@ between those calls, so a caller that interleaves two trainers charges each only
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -117,3 +118,29 @@ def evaluation_due(share: float, evals: EvalTimes, elapsed: float) -> bool:
     if share <= 0:
         return False
     return evals.total + evals.estimate <= share * (elapsed + evals.estimate)
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (Linux: from ``/proc``), 0.0 where that is unknown.
+
+    ``charlm-train`` starts a new run's clock at this figure, so ``--max-time`` bounds the whole
+    process: importing, reading the corpus and the ``auto`` preset's speed probe count too.
+    """
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            # the command name (field 2) may hold spaces; the fields after it are plain numbers
+            fields = stat.read().rpartition(")")[2].split()
+        with open("/proc/uptime", encoding="ascii") as uptime:
+            since_boot = float(uptime.read().split()[0])
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time in ticks
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, since_boot - started)
+
+
+def startup_seconds(entered: float, whole_process: bool) -> float:
+    """What a new run's clock starts at: the process's age when ``charlm-train`` is the
+    process's command (``whole_process``), else the seconds since ``entered`` (a
+    ``time.perf_counter()`` reading taken when the entry point was called in-process)."""
+    since_entry = time.perf_counter() - entered
+    return max(process_seconds(), since_entry) if whole_process else since_entry

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import time
 import typing
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from models.scoring import bits_per_char
 from training import auto, distributed
 from training.batches import StreamError
+from training.budget import startup_seconds
 from training.config import (
     DEFAULT_PRESET,
     PRESETS,
@@ -158,6 +160,7 @@ def resumed_config(
 
 def train_main(argv: list[str] | None = None) -> int:
     """Entry point of ``charlm-train`` (and of ``torchrun -m training``)."""
+    entered = time.perf_counter()
     parser = _train_parser()
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -191,6 +194,8 @@ def train_main(argv: list[str] | None = None) -> int:
         trainer = Trainer(
             config, corpus, out, context=context, reporter=reporter, resume=bool(args.get("resume"))
         )
+        if not args.get("resume"):  # --max-time counts the start-up too
+            trainer.clock.before = startup_seconds(entered, argv is None)
         if context.is_main:
             print(
                 f"{config.arch}: {trainer.model.num_parameters():,} parameters, vocabulary"

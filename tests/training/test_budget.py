@@ -3,6 +3,8 @@ clocks the tests set by hand."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from training.budget import (
@@ -12,6 +14,8 @@ from training.budget import (
     RunClock,
     TimeBudget,
     evaluation_due,
+    process_seconds,
+    startup_seconds,
 )
 
 
@@ -73,3 +77,16 @@ def test_without_an_interval_validation_waits_until_it_fits_its_share() -> None:
     assert not evaluation_due(0.05, evals, 77.9)
     assert evaluation_due(0.05, evals, 78.0)
     assert not evaluation_due(0.0, EvalTimes(estimate=0.0), 1e9)  # 0: only the final one
+
+
+def test_the_process_age_counts_the_start_up() -> None:
+    first = process_seconds()
+    assert first > 0.0  # pytest's own start-up came before this test
+    time.sleep(0.05)
+    assert process_seconds() >= first + 0.04
+
+
+def test_an_in_process_call_counts_from_its_entry_and_a_command_from_the_start() -> None:
+    entered = time.perf_counter() - 2.0
+    assert 2.0 <= startup_seconds(entered, whole_process=False) < 2.0 + 60.0
+    assert startup_seconds(time.perf_counter(), whole_process=True) >= process_seconds() - 0.1
