@@ -9,9 +9,11 @@ regularisation (docs/training.md gives the runs behind the constants):
   is measured on the device (``training.speed``), so a GPU or a faster CPU gets a wider model.
 - **Data.** At most ``WEIGHTS_PER_CHAR`` weights per training character: past that a model
   memorises the corpus faster than any regulariser here holds it back.
-- **Passes.** The number of passes over the corpus the budget allows sets the dropout (none for
-  one pass, more as the passes grow), and passes beyond ``MAX_PASSES`` are cut: the run ends
-  sooner, with its learning-rate schedule annealed to that end, rather than overfit.
+- **Passes.** The number of passes over the corpus the budget allows sets the dropout and the
+  weight decay (none for one pass, more as the passes grow: a model that sees each character
+  a few times underfits, and regularising it only slows it down), and passes beyond
+  ``MAX_PASSES`` are cut: the run ends sooner, with its learning-rate schedule annealed to that
+  end, rather than overfit.
 
 Every choice also turns on the weight average (``ema``) and early stopping (``patience``).
 Values given explicitly on the command line are never changed.
@@ -114,6 +116,13 @@ def dropout_for(passes: float) -> float:
     return round(min(0.3, 0.1 * math.log10(passes)), 3)
 
 
+def weight_decay_for(passes: float) -> float:
+    """``WEIGHT_DECAY`` at ten passes, less for fewer (none for one), at most 1.5 times it."""
+    if passes <= 1.0:
+        return 0.0
+    return round(WEIGHT_DECAY * min(1.5, math.log10(passes)), 4)
+
+
 def lr_for(width: int) -> float:
     return BASE_LR * min(1.0, 512 / width)
 
@@ -155,7 +164,8 @@ def choose(
             break
         chosen, chosen_chars = (layers, width), chars
     layers, width = chosen
-    passes = chosen_chars / train_chars
+    allowed = chosen_chars / train_chars
+    passes = min(allowed, MAX_PASSES)
     values: dict[str, Any] = {
         "embed_size": EMBED_SIZE,
         "hidden_size": width,
@@ -163,23 +173,21 @@ def choose(
         "seq_len": seq_len,
         "batch_size": batch_size,
         "lr": lr_for(width),
-        "weight_decay": WEIGHT_DECAY,
+        "weight_decay": weight_decay_for(passes),
         "dropout": dropout_for(passes),
         "patience": PATIENCE,
+        "ema": ema_for(passes * train_chars / chars_per_step),
     }
-    capped = ""
-    if passes > MAX_PASSES:
+    shown = "unbounded" if math.isinf(allowed) else f"about {allowed:.1f}"
+    cut = ""
+    if allowed > MAX_PASSES:
         values["max_steps"] = max(1, int(MAX_PASSES * train_chars / chars_per_step))
-        capped = f", cut to {MAX_PASSES:g} passes ({values['max_steps']:,} steps)"
-        passes = MAX_PASSES
-    total_steps = passes * train_chars / chars_per_step
-    values["ema"] = ema_for(total_steps)
+        cut = f", cut to {MAX_PASSES:g} ({values['max_steps']:,} steps)"
     weights = num_weights(arch, layers, width, vocab_size)
-    shown = "inf" if math.isinf(passes) else f"{passes:.1f}"
     reason = (
         f"auto: {layers}x{width} {arch} ({weights:,} weights) for {train_chars:,} training"
-        f" characters; the budget allows about {shown} passes{capped}; dropout"
-        f" {values['dropout']:g}, lr {values['lr']:g}, ema {values['ema']:g}"
+        f" characters; the budget allows {shown} passes{cut}; dropout {values['dropout']:g},"
+        f" weight decay {values['weight_decay']:g}, lr {values['lr']:g}, ema {values['ema']:g}"
     )
     return AutoChoice(values, reason)
 

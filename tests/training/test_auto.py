@@ -7,7 +7,15 @@ import torch
 
 from models.config import ModelConfig
 from training import auto
-from training.auto import SHAPES, Budget, choose, dropout_for, ema_for, num_weights
+from training.auto import (
+    SHAPES,
+    Budget,
+    choose,
+    dropout_for,
+    ema_for,
+    num_weights,
+    weight_decay_for,
+)
 from training.config import TrainConfig, config_from_preset
 from training.distributed import DistContext
 from training.speed import training_chars_per_second
@@ -144,3 +152,17 @@ def test_speed_probe_measures_a_real_step() -> None:
     config = ModelConfig(arch="lstm", vocab_size=VOCAB, embed_size=8, hidden_size=16, num_layers=1)
     cps = training_chars_per_second(config, seq_len=4, batch_size=2, device=torch.device("cpu"))
     assert cps > 0 and math.isfinite(cps)
+
+
+def test_weight_decay_grows_with_the_passes() -> None:
+    values = [weight_decay_for(p) for p in (1, 2, 10, 1000)]
+    assert values[0] == 0.0 < values[1] < values[2] == auto.WEIGHT_DECAY < values[3]
+    assert values[3] == pytest.approx(1.5 * auto.WEIGHT_DECAY)
+
+
+def test_a_run_without_a_budget_is_cut_to_the_passes_allowed() -> None:
+    speed, _ = _speed()
+    choice = choose("lstm", 100_000, VOCAB, Budget(None, None), speed)
+    assert choice.values["max_steps"] == int(auto.MAX_PASSES * 100_000 / (16 * 64))
+    assert choice.values["dropout"] == dropout_for(auto.MAX_PASSES)
+    assert "unbounded" in choice.reason
