@@ -91,20 +91,31 @@ def _split_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
 
 
+def _stored(value: torch.Tensor, seen: set[int]) -> torch.Tensor:
+    """``value`` as the file stores it: on the CPU, contiguous, and a copy where it shares memory
+    with a tensor already stored (tied weights), which safetensors refuses to write twice."""
+    tensor = value.detach().to("cpu").contiguous()
+    if tensor.untyped_storage().data_ptr() in seen:
+        tensor = tensor.clone()
+    seen.add(tensor.untyped_storage().data_ptr())
+    return tensor
+
+
 def save_resume(path: str | os.PathLike[str], resume: ResumeState) -> None:
     tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
     for name, value in resume.model.items():
-        tensors[f"model/{name}"] = value.detach().to("cpu").contiguous()
+        tensors[f"model/{name}"] = _stored(value, seen)
     optim_tensors, optim_rest = _split_optimizer(resume.optimizer)
     tensors.update(optim_tensors)
     for i, value in enumerate(resume.carried):
-        tensors[f"state/{i}"] = value.detach().to("cpu").contiguous()
+        tensors[f"state/{i}"] = _stored(value, seen)
     for name, value in resume.rng.items():
-        tensors[f"rng/{name}"] = value.detach().to("cpu").contiguous()
+        tensors[f"rng/{name}"] = _stored(value, seen)
     for name, value in resume.algorithm.items():
-        tensors[f"algorithm/{name}"] = value.detach().to("cpu").contiguous()
+        tensors[f"algorithm/{name}"] = _stored(value, seen)
     for name, value in resume.average.items():
-        tensors[f"average/{name}"] = value.detach().to("cpu").contiguous()
+        tensors[f"average/{name}"] = _stored(value, seen)
     info = {
         "format": RESUME_FORMAT,
         "version": RESUME_VERSION,

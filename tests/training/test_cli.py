@@ -216,3 +216,15 @@ def test_an_architecture_without_a_regulariser_is_a_clean_error(
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "'clockwork' does not support weight_drop" in err and "Traceback" not in err
+
+
+def test_tied_weights_train_through_validations_and_resume(
+    tmp_path: Path, corpus_file: Path, cache_dir: Path
+) -> None:
+    out = tmp_path / "tied.safetensors"
+    tied = ["--embed-size", "32", "--tie-weights", "--max-steps", "4", "--eval-interval", "2"]
+    assert _train(corpus_file, out, cache_dir, *tied) == 0
+    assert _train(corpus_file, out, cache_dir, *tied, "--resume", "--max-steps", "6") == 0
+    loaded = load_checkpoint(out)
+    assert loaded.config.tie_weights and loaded.training["step"] in (4, 6)
+    assert loaded.model.head.weight.data_ptr() == loaded.model.embedding.weight.data_ptr()

@@ -85,3 +85,18 @@ def test_the_weight_average_round_trips_exactly(tmp_path: Path) -> None:
     loaded = load_resume(path).average
     assert set(loaded) == set(state.average)
     assert all(torch.equal(loaded[name], tensor) for name, tensor in state.average.items())
+
+
+def test_tied_weights_are_stored_and_come_back_equal(tmp_path: Path) -> None:
+    embedding = torch.nn.Embedding(5, 4)
+    head = torch.nn.Linear(4, 5)
+    head.weight = embedding.weight  # one tensor under two names, as --tie-weights makes
+    model = torch.nn.ModuleDict({"embedding": embedding, "head": head})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "tied.resume.safetensors"
+    save_resume(path, ResumeState(info={"step": 1}, model=model.state_dict(),
+                                  optimizer=optimizer.state_dict()))  # fmt: skip
+    loaded = load_resume(path).model
+    assert torch.equal(loaded["embedding.weight"], embedding.weight)
+    assert torch.equal(loaded["head.weight"], embedding.weight)
+    assert embedding.weight.data_ptr() == head.weight.data_ptr()  # the model's own untouched
