@@ -12,7 +12,7 @@ piece. A document's first piece starts exactly as the exact reading does. A late
 the ``context`` of ``models.scoring``) and then scores its own characters. Every character is
 scored once; only the first characters of the later pieces see a shorter history than in the
 exact reading, so the figure is an estimate of the exact one, close when ``warmup`` exceeds the
-model's memory (docs/training.md gives the measured difference).
+model's memory (docs/evaluation.md gives the measured difference).
 
 A bidirectional model gives the pseudo-log-likelihood of each whole document, every character
 seen with its full left and right context (``models.infill``), whatever the reading.
