@@ -43,6 +43,7 @@ from bench.score_corpus_parts import (
     bench_rss,
     job_args,
     make_records,
+    parse_range,
     parse_size,
     run_job,
     save_model,
@@ -59,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny model and inputs: seconds")
     p.add_argument("--shape", default="small", help="preset of the throughput model (small)")
     p.add_argument("--records", type=int, default=3000, help="records of the throughput corpus")
+    p.add_argument(
+        "--record-chars",
+        type=parse_range,
+        default=(20, 400),
+        metavar="LOW-HIGH",
+        help="lengths of the throughput corpus's records, uniform (20-400)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="rounds of the throughput parts (3)")
     p.add_argument("--size", type=parse_size, default=10**9, help="input of the rss part (1GB)")
     p.add_argument("--threads", type=int, default=2, help="threads of the single-process parts")
@@ -83,18 +91,23 @@ def main(argv: list[str] | None = None) -> int:
     text = source_text()
     vocab = CharVocab.from_text(text)
     shape = {k: PRESETS[args.shape][k] for k in ("embed_size", "hidden_size", "num_layers")}
-    figures: dict[str, Any] = {"shape": args.shape, "records": args.records}
+    figures: dict[str, Any] = {
+        "shape": args.shape,
+        "records": args.records,
+        "record_chars": list(args.record_chars),
+    }
     with tempfile.TemporaryDirectory(prefix="score-corpus-") as tmp:
         work = Path(tmp)
         checkpoint = save_model(work / "models" / f"{args.shape}.safetensors", vocab, shape)
-        records = make_records(text)
+        records = make_records(text, lengths=args.record_chars)
         texts = [next(records) for _ in range(args.records)]
         corpus = work / "corpus.jsonl"
         with corpus.open("w", encoding="utf-8") as handle:
             handle.writelines(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts))
         figures["chars"] = sum(len(t) for t in texts)
         print(
-            f"corpus: {args.records:,} records, {figures['chars']:,} characters; model"
+            f"corpus: {args.records:,} records of {args.record_chars[0]}-{args.record_chars[1]}"
+            f" characters, {figures['chars']:,} in all; model"
             f" {args.shape} LSTM {shape}; {args.threads} threads; CPUs"
             f" {sorted(os.sched_getaffinity(0))}; median of {args.repeats} rounds"
         )

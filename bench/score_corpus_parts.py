@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import time
+from argparse import ArgumentTypeError
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,12 +46,26 @@ def source_text() -> str:
     return " ".join(rng.choice(words) for _ in range(200_000))
 
 
-def make_records(text: str, seed: int = 0) -> Iterator[str]:
-    """Endless texts of 20 to 400 characters cut from ``text``, newlines as spaces."""
+def parse_range(text: str) -> tuple[int, int]:
+    """``"20-400"`` -> (20, 400): the shortest and longest record, in characters."""
+    low, _, high = text.partition("-")
+    try:
+        lengths = int(low), int(high or low)
+    except ValueError:
+        message = f"expected LOW-HIGH characters, e.g. 20-400, not {text!r}"
+        raise ArgumentTypeError(message) from None
+    if not 1 <= lengths[0] <= lengths[1]:
+        raise ArgumentTypeError(f"expected 1 <= LOW <= HIGH, not {text!r}")
+    return lengths
+
+
+def make_records(text: str, seed: int = 0, lengths: tuple[int, int] = (20, 400)) -> Iterator[str]:
+    """Endless texts of ``lengths`` (20 to 400) characters cut from ``text``, newlines as
+    spaces."""
     rng = random.Random(seed)
     flat = text.replace("\n", " ")
     while True:
-        length = rng.randint(20, 400)
+        length = rng.randint(*lengths)
         start = rng.randrange(len(flat) - length)
         yield flat[start : start + length]
 

@@ -12,11 +12,13 @@ from bench import score_corpus
 
 
 def test_smoke_run_prints_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert score_corpus.main(["--smoke", "--json", str(tmp_path / "f.json")]) == 0
+    argv = ["--smoke", "--record-chars", "20-120", "--json", str(tmp_path / "f.json")]
+    assert score_corpus.main(argv) == 0
     output = capsys.readouterr().out
     figures = json.loads((tmp_path / "f.json").read_text())
     for part in ("inprocess", "local", "http"):
         assert math.isfinite(figures[part]) and figures[part] > 0, part
+    assert figures["record_chars"] == [20, 120]
     rss = figures["rss"]
     assert rss["input_bytes"] >= 2 * 10**6 and rss["records"] > 0
     assert 0 < rss["peak_rss"] < 1.5e9  # the bound of the full run holds for a small input too
@@ -36,3 +38,19 @@ def test_sizes_parse() -> None:
     assert score_corpus.parse_size("1GB") == 10**9
     assert score_corpus.parse_size("2.5MB") == 2_500_000
     assert score_corpus.parse_size("123") == 123
+
+
+def test_record_lengths_parse_and_hold() -> None:
+    from argparse import ArgumentTypeError
+
+    from bench.score_corpus_parts import make_records, parse_range
+
+    assert parse_range("20-120") == (20, 120)
+    assert parse_range("50") == (50, 50)
+    for bad in ("x-10", "30-20", "0-5"):
+        with pytest.raises(ArgumentTypeError):
+            parse_range(bad)
+    records = make_records("abcdefghij " * 500, lengths=(20, 120))
+    lengths = [len(next(records)) for _ in range(500)]
+    assert min(lengths) >= 20 and max(lengths) <= 120
+    assert max(lengths) - min(lengths) > 50  # spread over the range, not one length
