@@ -38,7 +38,14 @@ import torch
 from bench.baselines import LoopTiming, forward_seconds, load_bare_lstm, sampling_loop
 from bench.machine import machine_line
 from bench.serve_inprocess import build_models, make_texts, padded_inputs, score_seconds
-from bench.serve_load import Clients, LevelResult, generation_level, open_connections, score_level
+from bench.serve_load import (
+    Clients,
+    LevelResult,
+    generation_level,
+    open_connections,
+    score_level,
+    score_one_request,
+)
 from bench.serve_overload import overload_check, overload_lines
 from bench.serve_report import TABLE_HEAD, bare_row, ratio_lines, table_row
 from bench.server import Server, start_servers
@@ -91,13 +98,14 @@ async def paired_checks(
 
     Single stream: the eager bare step (batch 1) against one streamed completion alone on the
     batched server. Scoring: charlm's in-process batch and one bare forward over the same padded
-    batch, against one concurrent HTTP request per text.
+    batch, against one concurrent HTTP request per text and against one request of all the
+    texts (``"texts": [...]``, what the in-process call does).
     """
     ckpt = load_checkpoint(path)
     bare = load_bare_lstm(path)
     inputs = padded_inputs(ckpt.vocab, texts)
     chars = sum(len(t) for t in texts)
-    step, single, inproc, forward, http = [], [], [], [], []
+    step, single, inproc, forward, http, one = [], [], [], [], [], []
     server_cpu, client_cpu = [], []  # per scoring request
     async with Clients(server.url) as clients:
         await open_connections(clients, len(texts))
@@ -115,6 +123,7 @@ async def paired_checks(
             http.append((await score_level(clients, model, len(texts), 1, texts)).chars_per_s)
             server_cpu.append((server.cpu_seconds() - server_start) / len(texts))
             client_cpu.append((time.process_time() - client_start) / len(texts))
+            one.append(await score_one_request(clients, model, texts))
     inproc_s = statistics.median(inproc)
     return {
         "score_texts": [len(t) for t in texts],
@@ -124,6 +133,7 @@ async def paired_checks(
         "inprocess_score_chars_per_s": chars / inproc_s,
         "bare_forward_s": statistics.median(forward),
         "http_score_chars_per_s": statistics.median(http),
+        "http_score_one_request_chars_per_s": statistics.median(one),
         "http_score_server_cpu_s_per_request": statistics.median(server_cpu),
         "http_score_client_cpu_s_per_request": statistics.median(client_cpu),
     }
@@ -172,6 +182,8 @@ def summarize(
         "single_stream_over_bare_step": paired["single_stream_tpoc_s"] / paired["bare_step_s"],
         "inprocess_over_bare_forward": paired["bare_forward_s"] / paired["inprocess_score_s"],
         "http_score_over_inprocess": paired["http_score_chars_per_s"]
+        / paired["inprocess_score_chars_per_s"],
+        "http_score_one_request_over_inprocess": paired["http_score_one_request_chars_per_s"]
         / paired["inprocess_score_chars_per_s"],
         "levels": [{"server": n, **asdict(r), "statuses": dict(r.statuses)} for n, r in results],
     }

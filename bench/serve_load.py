@@ -209,6 +209,15 @@ async def score_level(
     return result
 
 
+async def score_one_request(clients: Clients, model: str, texts: list[str]) -> float:
+    """Characters/s of one ``POST /v1/score`` carrying all of ``texts``."""
+    start = time.perf_counter()
+    response = await clients[0].post("/v1/score", json={"model": model, "texts": texts})
+    response.raise_for_status()
+    chars = sum(r["num_chars"] for r in response.json()["results"])
+    return chars / (time.perf_counter() - start)
+
+
 @dataclass
 class BurstResult:
     sent: int

@@ -82,4 +82,9 @@ def ratio_lines(s: dict[str, Any]) -> list[str]:
         f"{ms(s['http_score_server_cpu_s_per_request'])} ms (model included), client "
         f"{ms(s['http_score_client_cpu_s_per_request'])} ms"
     )
+    lines.append(
+        f"HTTP scoring, one request of the {len(texts)} texts, "
+        f"{s['http_score_one_request_chars_per_s']:,.0f} chars/s / in-process: "
+        f"{at_least(s['http_score_one_request_over_inprocess'], 0.7)}"
+    )
     return lines

@@ -27,11 +27,14 @@ import torch
 
 from app.engine.engine import ModelEngine
 from app.engine.params import GenerationParams
-from bench.baselines import load_bare_lstm, onednn, sampling_loop
+from bench.baselines import BareLSTM, load_bare_lstm, onednn, sampling_loop
 from bench.machine import machine_line
 from bench.serve_inprocess import build_models
 from models.checkpoint import LoadedCheckpoint, load_checkpoint
 from models.sampling import RowSettings, SamplingParams, choose_next_rows
+
+#: the batch of the batched-against-one-at-a-time comparison (``bench.serve --unbatched-levels``)
+WIDE = 32
 
 
 def seconds_per_call(fn: Callable[[], object], calls: int) -> float:
@@ -75,12 +78,35 @@ def model_parts(ckpt: LoadedCheckpoint, calls: int) -> dict[str, float]:
     def sample() -> object:
         return choose_next_rows(logits, settings, uniforms)
 
+    wide_ids = ids.expand(WIDE, 1).contiguous()
+    wide_state = model(wide_ids)[1]
     with onednn(False):  # as the engine's decode steps run
         return {
             "forward": seconds_per_call(lambda: model(ids, state), calls),
             "step": seconds_per_call(lambda: model.step(ids, state), calls),
             "sampler": seconds_per_call(sample, calls),
+            "step_wide": seconds_per_call(lambda: model.step(wide_ids, wide_state), calls),
         }
+
+
+@torch.inference_mode()
+def products_seconds(bare: BareLSTM, calls: int) -> float:
+    """Seconds of the step's matrix products alone at batch 1 (every layer's recurrent and input
+    products and the head, as ``(1, n) @ (n, m)`` on contiguous transposed weights, the fastest
+    layout here): what no implementation of the exact fp32 step can go below."""
+    weights = [
+        p.detach().T.contiguous()
+        for name, p in bare.rnn.named_parameters()
+        if name.startswith("weight_hh") or (name.startswith("weight_ih") and not name.endswith("0"))
+    ]
+    weights.append(bare.head.weight.detach().T.contiguous())
+    rows = [torch.randn(1, w.shape[0]) for w in weights]
+
+    def products() -> None:
+        for row, weight in zip(rows, weights, strict=True):
+            torch.mm(row, weight)
+
+    return seconds_per_call(products, calls)
 
 
 def measure(path: Path, args: argparse.Namespace) -> dict[str, float]:
@@ -88,7 +114,9 @@ def measure(path: Path, args: argparse.Namespace) -> dict[str, float]:
     rounds: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         parts = {"bare_step": sampling_loop(bare, 1, args.chars).seconds_per_step}
+        parts["bare_step_wide"] = sampling_loop(bare, WIDE, args.chars).seconds_per_step
         parts.update(model_parts(ckpt, args.chars))
+        parts["products"] = products_seconds(bare, args.chars)
         for fast in (True, False):
             name = "engine_step" if fast else "engine_forward"
             parts[name] = asyncio.run(engine_seconds_per_char(ckpt, args.chars, fast))
@@ -113,6 +141,12 @@ def report(model: str, figures: dict[str, float]) -> list[str]:
         f"{us('engine_forward')} with forward",
         f"- engine beyond the step and the sampler: {rest * 1e6:.0f} us "
         "(worker loop, text, publisher, the event loop's share)",
+        f"- the step's matrix products alone (the floor of an exact fp32 step): {us('products')}",
+        f"- what {WIDE} streams can gain over one at a time, from the step's cost alone: fused"
+        f" step {WIDE} x {figures['step'] * 1e6:.0f} us / {figures['step_wide'] * 1e6:.0f} us ="
+        f" {WIDE * figures['step'] / figures['step_wide']:.1f}x; eager bare loop {WIDE} x"
+        f" {bare * 1e6:.0f} us / {figures['bare_step_wide'] * 1e6:.0f} us ="
+        f" {WIDE * bare / figures['bare_step_wide']:.1f}x",
     ]
 
 

@@ -15,10 +15,13 @@ def test_every_part_is_timed_and_reported(tmp_path: Path) -> None:
     args = argparse.Namespace(chars=5, rounds=1)
     figures = measure(folder / "tiny-2x128.safetensors", args)
     parts = {"bare_step", "forward", "step", "sampler", "engine_step", "engine_forward"}
+    parts |= {"bare_step_wide", "step_wide", "products"}
     assert set(figures) == parts
     assert all(seconds > 0 for seconds in figures.values())
     lines = report("tiny-2x128", figures)
     assert lines[0].startswith("## tiny-2x128") and any("fused model.step" in x for x in lines)
+    assert any("matrix products alone" in x for x in lines)
+    assert any("32 streams can gain" in x for x in lines)
 
 
 def test_smoke_run_prints_the_breakdown(capsys: pytest.CaptureFixture[str]) -> None:

@@ -96,6 +96,7 @@ def check_serve(output: str, code: int, tmp: Path) -> None:
         "single stream time per character",
         "in-process scoring of 64 texts of 200 chars",
         "HTTP scoring, 64 concurrent requests",
+        "HTTP scoring, one request of the 64 texts",
     ):
         line = line_with(output, start)
         finite_figures(line)
@@ -108,6 +109,7 @@ def check_serve(output: str, code: int, tmp: Path) -> None:
         summary["single_stream_over_bare_step"],
         summary["inprocess_over_bare_forward"],
         summary["http_score_over_inprocess"],
+        summary["http_score_one_request_over_inprocess"],
     ]
     assert all(isinstance(r, list) or (math.isfinite(r) and r > 0) for r in ratios), ratios
     over = report["overload"]
