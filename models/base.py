@@ -23,11 +23,14 @@ class CharLM(nn.Module):
 
     Subclasses set ``arch`` (the registry name) and implement ``forward`` and ``initial_state``.
     Capability flags say what a model can do instead of callers testing architecture names:
-    ``can_generate`` is False for models that see the future (bidirectional ones).
+    ``can_generate`` is False for models that see the future (bidirectional ones);
+    ``can_tie_weights`` is True for those whose readout can share the embedding matrix.
     """
 
     arch: ClassVar[str] = ""
     can_generate: ClassVar[bool] = True
+    #: whether ``ModelConfig.tie_weights`` applies; a configuration that sets it is refused if not
+    can_tie_weights: ClassVar[bool] = False
     #: options this architecture accepts in ``ModelConfig.options``, with their defaults
     default_options: ClassVar[dict[str, Any]] = {}
     #: whether ``step`` may take an architecture's faster path (False: always ``forward``)
@@ -45,13 +48,18 @@ class CharLM(nn.Module):
                 f"architecture {config.arch!r} does not take option(s) {', '.join(unknown)}"
                 f" (allowed: {allowed})"
             )
-        for name in config.regularisers():
-            if name not in self.regularisers:
+        for name in config.regularisers() + (["tie_weights"] if config.tie_weights else []):
+            if not self.applies(name):
                 raise ValueError(
                     f"architecture {config.arch!r} does not support {name}"
                     f" (got {getattr(config, name)!r}); it applies to {_applying(name)}"
                 )
         self.config = config
+
+    @classmethod
+    def applies(cls, setting: str) -> bool:
+        """Whether this architecture applies ``setting``, a regulariser or ``tie_weights``."""
+        return setting in cls.regularisers or (setting == "tie_weights" and cls.can_tie_weights)
 
     def option(self, name: str) -> Any:
         return self.config.options.get(name, self.default_options[name])
@@ -89,11 +97,11 @@ class CharLM(nn.Module):
         return sum(p.numel() for p in params if p.requires_grad or not trainable_only)
 
 
-def _applying(regulariser: str) -> str:
-    """The architectures that apply ``regulariser``, for an error message."""
+def _applying(setting: str) -> str:
+    """The architectures that apply ``setting``, for an error message."""
     from models.registry import available_architectures, model_class  # registry imports this
 
-    names = [a for a in available_architectures() if regulariser in model_class(a).regularisers]
+    names = [a for a in available_architectures() if model_class(a).applies(setting)]
     return ", ".join(names) or "no architecture"
 
 

@@ -14,6 +14,7 @@ Metadata keys (all strings, as safetensors requires):
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,8 +28,10 @@ from safetensors.torch import save as safetensors_save
 from models.base import CharLM
 from models.config import ModelConfig
 from models.files import atomic_write_bytes
-from models.registry import build_model
+from models.registry import build_model, model_class
 from models.vocab import CharVocab, VocabError
+
+logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "charlm-checkpoint"
 FORMAT_VERSION = 1
@@ -127,6 +130,24 @@ def _json_field(path: Path, metadata: dict[str, str], key: str) -> Any:
         raise CheckpointError(f"{path}: checkpoint metadata {key!r} is not JSON ({exc})") from exc
 
 
+def _untied_if_unsupported(path: Path, config: ModelConfig) -> ModelConfig:
+    """``config`` without a ``tie_weights`` its architecture cannot apply. Such a claim comes from
+    a checkpoint written before building the model refused it; the weights were never tied, so
+    they load as they were trained."""
+    try:
+        can_tie = model_class(config.arch).can_tie_weights
+    except ValueError:  # an unknown architecture: building the model names it
+        return config
+    if not config.tie_weights or can_tie:
+        return config
+    logger.warning(
+        "%s: architecture %r does not tie weights; loading it untied, as it was trained",
+        path,
+        config.arch,
+    )
+    return config.replace(tie_weights=False)
+
+
 def load_checkpoint(
     path: str | os.PathLike[str], device: torch.device | str = "cpu"
 ) -> LoadedCheckpoint:
@@ -143,6 +164,7 @@ def load_checkpoint(
             f"{path}: vocabulary has {len(vocab)} entries, model config says {config.vocab_size}"
         )
     aliases = _json_field(path, metadata, "aliases")
+    config = _untied_if_unsupported(path, config)
     try:
         model = build_model(config)
     except ValueError as exc:

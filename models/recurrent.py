@@ -32,6 +32,7 @@ class _FusedRecurrentLM(CharLM):
     #: tensors in the state: (h,) or (h, c)
     state_tensors: ClassVar[int] = 1
     regularisers: ClassVar[frozenset[str]] = frozenset(REGULARISERS)
+    can_tie_weights: ClassVar[bool] = True
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)

@@ -128,7 +128,9 @@ class TrainConfig(FrozenConfig):
     num_layers: int = _setting(2, "stacked recurrent layers", "model")
     dropout: float = _setting(0.0, "dropout between layers, in [0, 1)", "model")
     tie_weights: bool = _setting(
-        False, "share the embedding and output weights (needs embed = hidden size)", "model"
+        False,
+        "share the embedding and output weights (needs embed = hidden size) (rnn, gru, lstm)",
+        "model",
     )
     embed_dropout: float = _setting(
         0.0,

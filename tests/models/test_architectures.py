@@ -60,6 +60,27 @@ def test_tied_weights_need_equal_sizes() -> None:
     assert model.head.weight is model.embedding.weight
 
 
+TYING = ["gru", "lstm", "rnn"]
+
+
+def test_only_the_fused_recurrent_models_tie_weights() -> None:
+    assert [a for a in available_architectures() if model_class(a).can_tie_weights] == TYING
+
+
+@pytest.mark.parametrize("arch", available_architectures())
+def test_tied_weights_are_built_or_refused_by_name(arch: str) -> None:
+    config = ModelConfig(arch=arch, vocab_size=5, embed_size=6, hidden_size=6, tie_weights=True)
+    if arch in TYING:
+        model = build_model(config)
+        assert model.head.weight is model.embedding.weight
+        return
+    with pytest.raises(ValueError) as info:
+        build_model(config)
+    message = str(info.value)
+    assert f"architecture {arch!r} does not support tie_weights" in message
+    assert "it applies to gru, lstm, rnn" in message
+
+
 def test_unknown_arch_and_options_are_named() -> None:
     with pytest.raises(ValueError, match="unknown architecture 'transformer'"):
         build_model(ModelConfig(arch="transformer", vocab_size=5))

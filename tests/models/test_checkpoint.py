@@ -113,3 +113,28 @@ def test_wrong_shapes_are_named(tmp_path: Path) -> None:
     atomic_write_bytes(path, save(tensors, metadata=meta))
     with pytest.raises(CheckpointError, match="shape"):
         load_checkpoint(path)
+
+
+def test_an_untied_architecture_claiming_tied_weights_loads_as_trained(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # written before building such a model refused tie_weights: the claim had no effect
+    vocab = CharVocab.from_text("hello world\n")
+    config = ModelConfig(arch="clockwork", vocab_size=len(vocab), embed_size=8, hidden_size=8)
+    model = build_model(config)
+    path = tmp_path / "cw.safetensors"
+    save_checkpoint(path, model, vocab)
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    meta = read_metadata(path)
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    meta["charlm.model_config"] = config.replace(tie_weights=True).to_json()
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+    with caplog.at_level("WARNING", logger="models.checkpoint"):
+        loaded = load_checkpoint(path)
+    assert loaded.config == config and not loaded.config.tie_weights
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.model.state_dict()[name]), name
+    assert "'clockwork' does not tie weights" in caplog.text

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from models.checkpoint import load_checkpoint
-from models.registry import available_architectures
+from models.registry import available_architectures, model_class
 from models.scoring import score_texts
 from training.checkpoint_cli import eval_main, sample_main
 from training.cli import RESUMABLE, _train_parser, build_train_config, train_main
@@ -216,6 +216,28 @@ def test_an_architecture_without_a_regulariser_is_a_clean_error(
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "'clockwork' does not support weight_drop" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "arch", [a for a in available_architectures() if not model_class(a).can_tie_weights]
+)
+def test_an_architecture_that_cannot_tie_weights_is_a_clean_error(
+    arch: str,
+    tmp_path: Path,
+    corpus_file: Path,
+    cache_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(SystemExit) as info:
+        _train(corpus_file, out, cache_dir, "--arch", arch, "--tie-weights")
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.splitlines()[-1]  # the whole message, on one line
+    assert line.startswith(f"charlm-train: error: architecture {arch!r} does not support")
+    assert "tie_weights" in line and line.endswith("it applies to gru, lstm, rnn")
+    assert not out.exists()
 
 
 def test_tied_weights_train_through_validations_and_resume(
