@@ -167,7 +167,7 @@ class TrainConfig(FrozenConfig):
         0.0,
         "decay per step of an exponential moving average of the weights, 0 = off; at each"
         " validation the averaged weights are evaluated beside the raw ones and the checkpoint"
-        " keeps whichever validates better",
+        " keeps whichever validates better (not esn)",
         "optimisation",
         resumable=True,
     )
@@ -264,6 +264,11 @@ class TrainConfig(FrozenConfig):
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.grad_clip >= 0, "grad_clip must be >= 0 (0 disables clipping)"),
             (0 <= self.ema < 1, "ema must be in [0, 1) (0 disables weight averaging)"),
+            (
+                self.arch != "esn" or self.ema == 0,
+                f"architecture 'esn' does not support ema (got {self.ema}): its readout is fitted"
+                " in closed form, with no training steps to average; leave ema off",
+            ),
             (0 <= self.state_reset < 1, "state_reset must be in [0, 1)"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
             (self.max_time is None or self.max_time > 0, "max_time must be > 0"),

@@ -41,3 +41,13 @@ def test_presets_override_the_defaults() -> None:
     assert config.hidden_size == PRESETS["tiny"]["hidden_size"] and config.lr == 0.5
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         config_from_preset("huge")
+
+
+def test_esn_refuses_weight_averaging_only_when_it_is_asked_for() -> None:
+    # the readout is fitted in closed form: there are no training steps to average
+    with pytest.raises(ValueError, match=r"'esn' does not support ema \(got 0.99\)"):
+        TrainConfig(arch="esn", ema=0.99)
+    assert TrainConfig(arch="esn", ema=0.0).ema == 0.0
+    for preset in PRESET_NAMES:
+        assert config_from_preset(preset, arch="esn").ema == 0.0
+    assert TrainConfig(arch="lstm", ema=0.99).ema == 0.99

@@ -110,6 +110,8 @@ def test_charlm_train_arch_esn_fits_and_saves(tiny_corpus: str, tmp_path, capsys
     assert summary["algorithm"] == "esn-ridge"
     assert summary["best_val_bits_per_char"] < 2.5  # uniform would be log2(vocab) ~ 4.6
     assert float(loaded.model.logit_scale) == pytest.approx(summary["logit_scale"])
+    # the default preset, auto, turns on weight averaging for the models it sizes, not here
+    assert loaded.train_config["preset"] == "auto" and loaded.train_config["ema"] == 0.0
 
 
 def test_charlm_train_rejects_an_algorithm_for_esn(tiny_corpus: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -122,3 +124,21 @@ def test_charlm_train_rejects_an_algorithm_for_esn(tiny_corpus: str, tmp_path) -
     with pytest.raises(SystemExit) as exc:
         train_main(args)
     assert exc.value.code == 2
+
+
+def test_charlm_train_refuses_weight_averaging_for_esn(tiny_corpus: str, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from training.cli import train_main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(tiny_corpus, encoding="utf-8")
+    out = tmp_path / "x.safetensors"
+    args = ["--data", str(corpus), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    with pytest.raises(SystemExit) as exc:
+        train_main([*args, "--arch", "esn", "--ema", "0.999"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith(
+        "charlm-train: error: architecture 'esn' does not support ema (got 0.999)"
+    )
+    assert not out.exists()
