@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.files import atomic_write_bytes
+from training.report import png_plot
 
 #: the corpus the targets are set for (its last 10% held out)
 TARGET_CORPUS = "tinyshakespeare.txt"
@@ -164,13 +163,7 @@ def print_tables(rows: list[RunFigures], targets: Targets) -> None:
 def draw_curves(rows: list[RunFigures], title: str, targets: Targets, path: Path) -> None:
     """Validation nats/char against the run's wall clock (the seconds ``--max-time`` counts,
     from the start of training), one line per budget, the targets dashed; written as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    try:
+    with png_plot(path) as ax:
         for r in rows:
             if r.curve:
                 label = f"--max-time {r.budget:g}"
@@ -185,11 +178,3 @@ def draw_curves(rows: list[RunFigures], title: str, targets: Targets, path: Path
         ax.set_xlim(left=0)
         ax.set_ylabel("validation nats/char")
         ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        buffer = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buffer, format="png")
-    finally:
-        plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.files import atomic_write_bytes
 from models.scoring import bits_per_char
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 logger = logging.getLogger(__name__)
 
@@ -56,28 +62,19 @@ class MetricsLog:
             handle.write(json.dumps(record) + "\n")
 
 
-def draw_plot(records: list[dict[str, Any]], path: Path) -> None:
-    """Train and validation loss (nats/char) against step, written atomically as PNG."""
-    import io
-
+@contextmanager
+def png_plot(path: Path) -> Iterator[Axes]:
+    """Axes of a 7 x 4 inch figure to draw on; when the block ends, a light grid and the legend
+    are added and the figure is written to ``path`` atomically as PNG. The figure is closed
+    either way; a block that raises writes nothing."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    train = [(r["step"], r["train_loss"]) for r in records if r.get("kind") == "train"]
-    val = [(r["step"], r["val_nats"]) for r in records if r.get("kind") == "eval"]
-    ema = [(r["step"], r["ema_val_nats"]) for r in records if "ema_val_nats" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     try:
-        if train:
-            ax.plot(*zip(*train, strict=True), label="train", linewidth=1, alpha=0.7)
-        if val:
-            ax.plot(*zip(*val, strict=True), label="validation", marker="o", linewidth=1.5)
-        if ema:
-            ax.plot(*zip(*ema, strict=True), label="validation, weight average", marker=".")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats/char)")
+        yield ax
         ax.grid(alpha=0.3)
         ax.legend()
         buffer = io.BytesIO()
@@ -86,6 +83,22 @@ def draw_plot(records: list[dict[str, Any]], path: Path) -> None:
     finally:
         plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def draw_plot(records: list[dict[str, Any]], path: Path) -> None:
+    """Train and validation loss (nats/char) against step, written atomically as PNG."""
+    train = [(r["step"], r["train_loss"]) for r in records if r.get("kind") == "train"]
+    val = [(r["step"], r["val_nats"]) for r in records if r.get("kind") == "eval"]
+    ema = [(r["step"], r["ema_val_nats"]) for r in records if "ema_val_nats" in r]
+    with png_plot(path) as ax:
+        if train:
+            ax.plot(*zip(*train, strict=True), label="train", linewidth=1, alpha=0.7)
+        if val:
+            ax.plot(*zip(*val, strict=True), label="validation", marker="o", linewidth=1.5)
+        if ema:
+            ax.plot(*zip(*ema, strict=True), label="validation, weight average", marker=".")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/char)")
 
 
 class Reporter:
