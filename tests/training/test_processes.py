@@ -35,6 +35,17 @@ def _train_args(corpus_file: Path, out: Path, cache_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def _train_two_processes(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``charlm-train`` run by ``torchrun`` as two processes on this machine; it must succeed."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "training", *args]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_resume_state_and_exits_cleanly(
@@ -75,12 +86,7 @@ def test_two_process_ddp_run_writes_one_checkpoint(
     out = tmp_path / "ddp" / "m.safetensors"
     args = [*_train_args(corpus_file, out, cache_dir), "--max-steps", "12", "--eval-interval", "6",
             "--log-interval", "3"]  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", "2", "-m", "training", *args]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    _train_two_processes(args)
     names = sorted(p.name for p in out.parent.iterdir())
     assert names == ["m.metrics.jsonl", "m.png", "m.resume.safetensors", "m.safetensors"]
     loaded = load_checkpoint(out)
@@ -101,12 +107,7 @@ def test_two_process_ddp_run_with_weight_drop_and_the_other_regularisers(
     args = [*_train_args(corpus_file, out, cache_dir), "--max-steps", "4", "--eval-interval", "4",
             "--weight-drop", "0.3", "--embed-dropout", "0.1", "--locked-dropout",
             "--dropout", "0.2"]  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", "2", "-m", "training", *args]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _train_two_processes(args)
     assert "Warning" not in result.stderr  # none from the layer's weights (flatten_parameters)
     loaded = load_checkpoint(out)
     assert loaded.training["world_size"] == 2 and loaded.config.weight_drop == 0.3
