@@ -244,5 +244,21 @@ def resolve(
         layout=(seq_len, batch_size),
     )
     changes = {k: v for k, v in choice.values.items() if k not in explicit}
+    reason = choice.reason
+    if config.tie_weights:
+        changes.update(_tied_widths(config, explicit, changes))
+        reason += f"; tied embeddings of {changes.get('embed_size', config.embed_size)}"
     probe_seconds = time.perf_counter() - started
-    return config.replace(**changes), f"{choice.reason} (chosen in {probe_seconds:.1f}s)"
+    return config.replace(**changes), f"{reason} (chosen in {probe_seconds:.1f}s)"
+
+
+def _tied_widths(
+    config: TrainConfig, explicit: set[str], changes: dict[str, Any]
+) -> dict[str, int]:
+    """Tied embeddings share the output layer's matrix, so the embedding is as wide as the
+    hidden state: the width given explicitly wins (the hidden one if both are), else auto's."""
+    if "embed_size" in explicit and "hidden_size" not in explicit:
+        return {"hidden_size": config.embed_size}
+    if "embed_size" in explicit:
+        return {}  # both given: a mismatch is the user's to see (the model build refuses it)
+    return {"embed_size": int(changes.get("hidden_size", config.hidden_size))}

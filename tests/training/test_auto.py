@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models.config import ModelConfig
+from models.registry import build_model
 from training import auto
 from training.auto import (
     SHAPES,
@@ -166,3 +167,18 @@ def test_a_run_without_a_budget_is_cut_to_the_passes_allowed() -> None:
     assert choice.values["max_steps"] == int(auto.MAX_PASSES * 100_000 / (16 * 64))
     assert choice.values["dropout"] == dropout_for(auto.MAX_PASSES)
     assert "unbounded" in choice.reason
+
+
+@pytest.mark.parametrize(
+    ("explicit", "want"),
+    [({}, None), ({"hidden_size": 192}, 192), ({"embed_size": 96}, 96)],
+)
+def test_tied_embeddings_take_the_hidden_width(explicit: dict[str, int], want: int | None) -> None:
+    """With ``--tie-weights`` the embedding and the hidden state have one width: auto's choice,
+    or the one the user gave for either."""
+    config = config_from_preset("auto", max_time=30.0, max_steps=None, tie_weights=True, **explicit)
+    context = DistContext(device=torch.device("cpu"))
+    resolved, line = auto.resolve(config, set(explicit), 2_000, VOCAB, context)
+    assert resolved.embed_size == resolved.hidden_size == (want or SHAPES[0][1])
+    assert "tied embeddings" in line
+    build_model(resolved.model_config(VOCAB))  # the widths agree, so it builds
