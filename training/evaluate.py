@@ -27,12 +27,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from models.base import CharLM
 from models.infill import pll_score_id_sequences
 from models.sampling import SamplingParams, generate
-from models.scoring import PerCharFigures, score_id_sequences
-from models.vocab import UNK_ID, CharVocab
+from models.scoring import PerCharFigures, chunk_length
+from models.vocab import BOS_ID, UNK_ID, CharVocab
 
 #: the shortest piece the parallel reading cuts a document into, in scored characters: with the
 #: default warm-up the characters read but not scored stay under 1/8 of those scored
@@ -41,6 +43,12 @@ MIN_STREAM_CHARS = 1024
 PROBE_CHARS = 64
 #: the fewest validation characters ``fit_to_time`` cuts a text to
 MIN_FIT_CHARS = 16 * MIN_STREAM_CHARS
+#: rows x time steps x hidden units of one forward on the CPU: about a million keeps a chunk's
+#: activations in the cache (4 MB a tensor, 16 MB of LSTM gates); chunks of 2,048 steps read
+#: 1.2-1.5x slower (docs/evaluation.md)
+CPU_CHUNK_ELEMENTS = 1 << 20
+#: the target ``cross_entropy`` skips: positions read but not scored (warm-up, padding)
+_NOT_SCORED = -100
 
 
 @dataclass(frozen=True)
@@ -155,15 +163,56 @@ def evaluate_docs(
         if not model.can_generate:
             return _pseudo_likelihood(model, docs)
         arrays = [np.asarray(doc, dtype=np.int64) for doc in docs]
-        total = 0.0
-        unknown = 0
-        for texts, contexts in _batches(arrays, reading):
-            for score in score_id_sequences(model, texts, contexts):
-                total -= score.logprob
-                unknown += score.num_unknown
+        total = sum(
+            read_batch(model, texts, contexts) for texts, contexts in _batches(arrays, reading)
+        )
+        unknown = sum(int(np.count_nonzero(a == UNK_ID)) for a in arrays)  # each scored once
         return EvalResult(total, sum(len(a) for a in arrays), unknown)
     finally:
         model.train(was_training)
+
+
+def read_steps(model: CharLM, batch: int) -> int:
+    """Time steps per forward when ``read_batch`` reads ``batch`` rows: on the CPU about
+    ``CPU_CHUNK_ELEMENTS`` activations (16 steps at least), elsewhere as ``models.scoring``."""
+    steps = chunk_length(batch, model.config.vocab_size)
+    if model.device.type != "cpu":
+        return steps
+    return max(16, min(steps, CPU_CHUNK_ELEMENTS // (batch * model.config.hidden_size)))
+
+
+@torch.inference_mode()
+def read_batch(model: CharLM, texts: Sequence[np.ndarray], contexts: Sequence[np.ndarray]) -> float:
+    """The negative log-likelihood of ``texts`` (int64 ids) summed, read as the rows of one
+    batch with the convention of ``models.scoring``: each row reads ``BOS_ID``, its context
+    (not scored) and its text, from ``initial_state``; one ``cross_entropy`` per forward sums
+    the scored positions (float rounding apart, the sum of ``score_id_sequences``' figures)."""
+    batch = len(texts)
+    steps = max(len(c) + len(t) for t, c in zip(texts, contexts, strict=True))  # per row
+    if not steps:
+        return 0.0
+    ids = np.full((batch, steps), BOS_ID, dtype=np.int64)  # (B, T): BOS, context, text[:-1]
+    targets = np.full((batch, steps), _NOT_SCORED, dtype=np.int64)  # (B, T): the text
+    for row, (text, context) in enumerate(zip(texts, contexts, strict=True)):
+        ids[row, 1 : 1 + len(context)] = context
+        ids[row, 1 + len(context) : len(context) + len(text)] = text[:-1]
+        targets[row, len(context) : len(context) + len(text)] = text
+    device = model.device
+    inputs = torch.from_numpy(ids).to(device)
+    wanted = torch.from_numpy(targets).to(device)
+    vocab = model.config.vocab_size
+    state = model.initial_state(batch, device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    chunk = read_steps(model, batch)
+    for start in range(0, steps, chunk):
+        logits, state = model(inputs[:, start : start + chunk], state)  # (B, t, V)
+        total += F.cross_entropy(
+            logits.reshape(-1, vocab).float(),
+            wanted[:, start : start + chunk].reshape(-1),
+            ignore_index=_NOT_SCORED,
+            reduction="sum",
+        )
+    return float(total)
 
 
 def sample_text(model: CharLM, vocab: CharVocab, chars: int) -> str | None:
@@ -205,9 +254,10 @@ def estimate_seconds(
         for texts, contexts in _batches(arrays, reading):
             steps += 1 + max(len(t) + len(c) for t, c in zip(texts, contexts, strict=True))
             first = first or [t[:PROBE_CHARS] for t in texts]
-        score_id_sequences(model, [t[:4] for t in first])  # the set-up of these shapes
+        none = [np.zeros(0, dtype=np.int64) for _ in first]  # no contexts
+        read_batch(model, [t[:4] for t in first], none)  # the set-up of these shapes
         started = now()
-        score_id_sequences(model, first)
+        read_batch(model, first, none)
         return (now() - started) * steps / (1 + max(len(t) for t in first))
     finally:
         model.train(was_training)
