@@ -12,7 +12,7 @@ import torch
 from models.config import ModelConfig
 from models.infill import pll_score_texts
 from models.registry import build_model
-from models.scoring import chunk_length
+from models.scoring import chunk_length, score_id_sequences
 from models.vocab import CharVocab
 from tests.support import make_corpus, train_tiny_model
 from training.evaluate import (
@@ -25,6 +25,8 @@ from training.evaluate import (
     evaluate_docs,
     fit_to_time,
     limit_docs,
+    read_batch,
+    read_steps,
 )
 
 
@@ -98,6 +100,28 @@ def test_parallel_reading_is_close_to_the_exact_one() -> None:
     assert parallel.nats_per_char == pytest.approx(exact.nats_per_char, rel=1e-5)
     error, cold_error = (abs(r.total_nats - exact.total_nats) for r in (parallel, cold))
     assert cold_error > 10 * error
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gru"])
+def test_a_batch_read_in_short_chunks_sums_the_scoring_figures(
+    arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows of different lengths, with and without a context, read 16 steps a forward: the
+    state crosses the chunks, warm-up and padding are read and not scored."""
+    model, vocab = train_tiny_model(make_corpus(50), steps=20, arch=arch)
+    text = vocab.encode_array(make_corpus(40))
+    texts = [text[:300], text[300:310], text[400:401], text[500:700]]
+    contexts = [text[:0], text[290:300], text[370:400], text[:0]]
+    monkeypatch.setattr(
+        "training.evaluate.CPU_CHUNK_ELEMENTS", 16 * len(texts) * model.config.hidden_size
+    )
+    assert read_steps(model, len(texts)) == 16  # 19 forwards for the longest row
+    scores = score_id_sequences(model, texts, contexts)
+    expected = -sum(score.logprob for score in scores)
+    assert read_batch(model, texts, contexts) == pytest.approx(expected, rel=1e-6)
+    # one row alone is that row's figure: the other rows change nothing
+    alone = read_batch(model, texts[1:2], contexts[1:2])
+    assert alone == pytest.approx(-scores[1].logprob, rel=1e-6)
 
 
 def test_a_text_shorter_than_two_pieces_is_read_exactly() -> None:
