@@ -185,8 +185,9 @@ def read_steps(model: CharLM, batch: int) -> int:
 def read_batch(model: CharLM, texts: Sequence[np.ndarray], contexts: Sequence[np.ndarray]) -> float:
     """The negative log-likelihood of ``texts`` (int64 ids) summed, read as the rows of one
     batch with the convention of ``models.scoring``: each row reads ``BOS_ID``, its context
-    (not scored) and its text, from ``initial_state``; one ``cross_entropy`` per forward sums
-    the scored positions (float rounding apart, the sum of ``score_id_sequences``' figures)."""
+    (not scored) and its text, from ``initial_state``; one ``cross_entropy`` per forward scores
+    every position, those not scored skipped, and the figures are summed in float64 (the sum of
+    ``score_id_sequences``' figures; with the same chunks, the same figures)."""
     batch = len(texts)
     steps = max(len(c) + len(t) for t, c in zip(texts, contexts, strict=True))  # per row
     if not steps:
@@ -206,12 +207,13 @@ def read_batch(model: CharLM, texts: Sequence[np.ndarray], contexts: Sequence[np
     chunk = read_steps(model, batch)
     for start in range(0, steps, chunk):
         logits, state = model(inputs[:, start : start + chunk], state)  # (B, t, V)
-        total += F.cross_entropy(
+        nats = F.cross_entropy(  # (B * t,): 0 where not scored
             logits.reshape(-1, vocab).float(),
             wanted[:, start : start + chunk].reshape(-1),
             ignore_index=_NOT_SCORED,
-            reduction="sum",
+            reduction="none",
         )
+        total += nats.sum(dtype=torch.float64)  # float32 sums drift by 1e-7 of the total
     return float(total)
 
 
