@@ -163,9 +163,8 @@ def evaluate_docs(
         if not model.can_generate:
             return _pseudo_likelihood(model, docs)
         arrays = [np.asarray(doc, dtype=np.int64) for doc in docs]
-        total = sum(
-            read_batch(model, texts, contexts) for texts, contexts in _batches(arrays, reading)
-        )
+        batches = _batches(arrays, reading)
+        total = sum((read_batch(model, texts, contexts) for texts, contexts in batches), 0.0)
         unknown = sum(int(np.count_nonzero(a == UNK_ID)) for a in arrays)  # each scored once
         return EvalResult(total, sum(len(a) for a in arrays), unknown)
     finally:
