@@ -33,6 +33,7 @@ from training.config import TrainConfig
 from training.data import Corpus
 from training.distributed import DistContext
 from training.evaluate import EvalResult
+from training.progress import Progress
 from training.report import MetricsLog, Reporter, draw_plot, metrics_path, plot_path
 from training.resume import (
     ResumeError,
@@ -47,9 +48,6 @@ from training.step import Stepper
 from training.validation import Validation
 
 logger = logging.getLogger(__name__)
-
-#: nats/char a validation must gain to reset the early-stopping counter
-EARLY_STOP_MIN_DELTA = 1e-4
 
 
 @dataclass
@@ -101,10 +99,7 @@ class Trainer:
         self.validation = Validation(config, corpus, self.model, self.clock.now)
         self.budget = TimeBudget(config.max_time, self.clock, self.validation.times)
         self._time_progress = 0.0  # rank 0's, shared each step when there is a time budget
-        self.best_val = math.inf
-        self.best_step = -1
-        self.bad_evals = 0
-        self.last_eval_step = -1
+        self.progress = Progress()
         self.stop = StopRequest()
         self.metrics = MetricsLog(metrics_path(out)) if out is not None else None
         self.finished: str | None = None
@@ -166,7 +161,7 @@ class Trainer:
             return "max_steps"
         if cfg.max_time is not None and self._time_progress >= 1:
             return "max_time"
-        if cfg.patience and self.bad_evals >= cfg.patience:
+        if self.progress.patience_spent(cfg.patience):
             return "early_stop"
         return None
 
@@ -201,7 +196,6 @@ class Trainer:
 
     def _evaluate_and_save(self) -> None:
         started = self.clock.now()
-        self.last_eval_step = self.step
         val = math.nan
         validated = None
         if self.ctx.is_main:  # the raw weights and, with --ema, their average
@@ -209,14 +203,7 @@ class Trainer:
             val = validated.best.nats_per_char
         val_seconds = self.clock.now() - started
         val = distributed.broadcast_float(val, self.ctx)
-        improved = val < self.best_val
-        # patience counts validations that fail to improve by a meaningful margin
-        if val < self.best_val - EARLY_STOP_MIN_DELTA:
-            self.bad_evals = 0
-        else:
-            self.bad_evals += 1
-        if improved:
-            self.best_val, self.best_step = val, self.step
+        improved = self.progress.record(self.step, val)
         if improved and validated is not None:
             self._save_model(validated.weights)
         times = self.validation.times
@@ -238,7 +225,7 @@ class Trainer:
             "lr": self.stepper.lr,
             **validated.figures(),
         }
-        sample = self.validation.sample()
+        sample = self._sample(validated.weights)
         if self.metrics is not None:
             try:
                 records = [*self.metrics.records(), record]
@@ -255,18 +242,24 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.append(record)
 
+    def _sample(self, weights: str) -> str | None:
+        """The validation's sample, drawn from the weights this validation found better."""
+        average = self.stepper.average
+        with average.swapped_in() if weights == "ema" and average else contextlib.nullcontext():
+            return self.validation.sample()
+
     def summary(self) -> dict[str, Any]:
+        progress = self.progress
+        best = progress.best_val if progress.best_step >= 0 else None
         return {
             "step": self.step,
             "train_seconds": round(self.train_seconds, 3),
             "wall_seconds": round(self.clock.elapsed, 3),
             "eval_seconds": round(self.validation.times.total, 3),
             "num_evals": self.validation.times.count,
-            "best_step": self.best_step,
-            "best_val_nats_per_char": self.best_val if self.best_step >= 0 else None,
-            "best_val_bits_per_char": (
-                bits_per_char(self.best_val) if self.best_step >= 0 else None
-            ),
+            "best_step": progress.best_step,
+            "best_val_nats_per_char": best,
+            "best_val_bits_per_char": None if best is None else bits_per_char(best),
             "corpus_fingerprint": self.corpus.fingerprint,
             "train_chars": len(self.corpus.train_ids),
             "val_chars": self.corpus.num_val_chars,
@@ -294,10 +287,7 @@ class Trainer:
         saved.info.update(
             {
                 "train_config": self.config.to_dict(),
-                "best_val": self.best_val if self.best_step >= 0 else None,
-                "best_step": self.best_step,
-                "bad_evals": self.bad_evals,
-                "last_eval_step": self.last_eval_step,
+                **self.progress.state_dict(),
                 "wall_seconds": self.clock.elapsed,
                 **self.validation.state_dict(),
                 "world_size": self.ctx.world_size,
@@ -318,10 +308,7 @@ class Trainer:
             self.ctx.world_size,
         )
         self.stepper.load_state_dict(saved)
-        self.best_val = math.inf if info["best_val"] is None else float(info["best_val"])
-        self.best_step = int(info["best_step"])
-        self.bad_evals = int(info["bad_evals"])
-        self.last_eval_step = int(info["last_eval_step"])
+        self.progress.load_state_dict(info)
         # files from before the wall clock was kept: their training time stands in
         self.clock.before = float(info.get("wall_seconds", info["train_seconds"]))
         self.validation.load_state_dict(info)
@@ -348,7 +335,7 @@ class Trainer:
             if (
                 reason != "interrupted"
                 and self.validation.docs
-                and self.last_eval_step != self.step
+                and self.progress.last_eval_step != self.step
             ):
                 self._evaluate_and_save()
             else:
@@ -369,8 +356,8 @@ class Trainer:
         return TrainResult(
             step=self.step,
             train_seconds=self.train_seconds,
-            best_val_nats=self.best_val,
-            best_step=self.best_step,
+            best_val_nats=self.progress.best_val,
+            best_step=self.progress.best_step,
             stop_reason=reason,
             chars_per_sec=total_chars / max(self.train_seconds, 1e-9),
             wall_seconds=self.clock.elapsed,

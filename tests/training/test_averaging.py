@@ -189,6 +189,13 @@ def test_the_checkpoint_keeps_the_better_weights_and_says_which(
     assert kept.training["weights"] == "raw"
     for name, p in trainer.model.state_dict().items():
         assert torch.equal(kept.model.state_dict()[name], p)
+    # a validation's sample is drawn from the weights it found better
+    vocab, chars = corpus.vocab, trainer.config.sample_chars
+    with average.swapped_in():
+        from_average = sample_text(trainer.model, vocab, chars)
+    from_raw = sample_text(trainer.model, vocab, chars)
+    assert from_average != from_raw  # 60 steps apart enough for seed 0 to read differently
+    assert trainer._sample("ema") == from_average and trainer._sample("raw") == from_raw
 
 
 def test_averaging_never_changes_the_training(

@@ -52,4 +52,4 @@ def test_training_step_computes_in_the_configured_precision(
     # training steps ran in ``dtype``; the weights stay float32 and evaluation runs in float32
     assert seen[0] == dtype
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
-    assert trainer.best_val < float("inf")
+    assert trainer.progress.best_val < float("inf")
