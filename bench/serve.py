@@ -37,6 +37,7 @@ import torch
 
 from bench.baselines import LoopTiming, forward_seconds, load_bare_lstm, sampling_loop
 from bench.machine import machine_line
+from bench.raw_http import open_connections as open_raw
 from bench.serve_inprocess import build_models, make_texts, padded_inputs, score_seconds
 from bench.serve_load import (
     Clients,
@@ -45,6 +46,7 @@ from bench.serve_load import (
     open_connections,
     score_level,
     score_one_request,
+    score_raw,
 )
 from bench.serve_overload import overload_check, overload_lines
 from bench.serve_report import TABLE_HEAD, bare_row, ratio_lines, table_row
@@ -98,18 +100,22 @@ async def paired_checks(
 
     Single stream: the eager bare step (batch 1) against one streamed completion alone on the
     batched server. Scoring: charlm's in-process batch and one bare forward over the same padded
-    batch, against one concurrent HTTP request per text and against one request of all the
-    texts (``"texts": [...]``, what the in-process call does).
+    batch, against one concurrent HTTP request per text (sent by httpx clients, and by the
+    hand-written client of ``bench.raw_http``, whose own cost on the shared cores is small) and
+    against one request of all the texts (``"texts": [...]``, what the in-process call does).
     """
     ckpt = load_checkpoint(path)
     bare = load_bare_lstm(path)
     inputs = padded_inputs(ckpt.vocab, texts)
     chars = sum(len(t) for t in texts)
-    step, single, inproc, forward, http, one = [], [], [], [], [], []
+    step, single, inproc, forward, http, one, raw = [], [], [], [], [], [], []
     server_cpu, client_cpu = [], []  # per scoring request
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    connections = await open_raw(host, int(port), len(texts))
     async with Clients(server.url) as clients:
         await open_connections(clients, len(texts))
         await score_level(clients, model, len(texts), 1, texts)  # warm-up
+        await score_raw(connections, model, texts)
         for _ in range(args.pairs):
             step.append(sampling_loop(bare, 1, args.single_chars).seconds_per_step)
             r = await generation_level(clients, model, 1, 1, args.single_chars, stream=True)
@@ -124,6 +130,9 @@ async def paired_checks(
             server_cpu.append((server.cpu_seconds() - server_start) / len(texts))
             client_cpu.append((time.process_time() - client_start) / len(texts))
             one.append(await score_one_request(clients, model, texts))
+            raw.append(await score_raw(connections, model, texts))
+    for connection in connections:
+        await connection.close()
     inproc_s = statistics.median(inproc)
     return {
         "score_texts": [len(t) for t in texts],
@@ -134,6 +143,7 @@ async def paired_checks(
         "bare_forward_s": statistics.median(forward),
         "http_score_chars_per_s": statistics.median(http),
         "http_score_one_request_chars_per_s": statistics.median(one),
+        "http_score_raw_chars_per_s": statistics.median(raw),
         "http_score_server_cpu_s_per_request": statistics.median(server_cpu),
         "http_score_client_cpu_s_per_request": statistics.median(client_cpu),
     }
@@ -184,6 +194,8 @@ def summarize(
         "http_score_over_inprocess": paired["http_score_chars_per_s"]
         / paired["inprocess_score_chars_per_s"],
         "http_score_one_request_over_inprocess": paired["http_score_one_request_chars_per_s"]
+        / paired["inprocess_score_chars_per_s"],
+        "http_score_raw_over_inprocess": paired["http_score_raw_chars_per_s"]
         / paired["inprocess_score_chars_per_s"],
         "levels": [{"server": n, **asdict(r), "statuses": dict(r.statuses)} for n, r in results],
     }

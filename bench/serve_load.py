@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from bench.raw_http import RawConnection
+
 
 @dataclass
 class LevelResult:
@@ -216,6 +218,21 @@ async def score_one_request(clients: Clients, model: str, texts: list[str]) -> f
     response.raise_for_status()
     chars = sum(r["num_chars"] for r in response.json()["results"])
     return chars / (time.perf_counter() - start)
+
+
+async def score_raw(connections: list[RawConnection], model: str, texts: list[str]) -> float:
+    """Characters/s of ``texts`` scored one per request, all at once, each on its own kept-alive
+    connection of the hand-written client (``bench.raw_http``)."""
+
+    async def one(connection: RawConnection, text: str) -> int:
+        status, body = await connection.post_json("/v1/score", {"model": model, "texts": [text]})
+        if status != 200:
+            raise RuntimeError(f"/v1/score answered {status}: {body[:200]!r}")
+        return int(json.loads(body)["results"][0]["num_chars"])
+
+    start = time.perf_counter()
+    chars = await asyncio.gather(*(one(c, t) for c, t in zip(connections, texts, strict=True)))
+    return sum(chars) / (time.perf_counter() - start)
 
 
 @dataclass

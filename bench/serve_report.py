@@ -83,6 +83,11 @@ def ratio_lines(s: dict[str, Any]) -> list[str]:
         f"{ms(s['http_score_client_cpu_s_per_request'])} ms"
     )
     lines.append(
+        f"HTTP scoring, {len(texts)} concurrent requests of one text from a hand-written HTTP/1.1"
+        f" client, {s['http_score_raw_chars_per_s']:,.0f} chars/s / in-process: "
+        f"{at_least(s['http_score_raw_over_inprocess'], 0.7)}"
+    )
+    lines.append(
         f"HTTP scoring, one request of the {len(texts)} texts, "
         f"{s['http_score_one_request_chars_per_s']:,.0f} chars/s / in-process: "
         f"{at_least(s['http_score_one_request_over_inprocess'], 0.7)}"

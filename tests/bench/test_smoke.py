@@ -97,6 +97,7 @@ def check_serve(output: str, code: int, tmp: Path) -> None:
         "in-process scoring of 64 texts of 200 chars",
         "HTTP scoring, 64 concurrent requests",
         "HTTP scoring, one request of the 64 texts",
+        "HTTP scoring, 64 concurrent requests of one text from a hand-written",
     ):
         line = line_with(output, start)
         finite_figures(line)
@@ -110,6 +111,7 @@ def check_serve(output: str, code: int, tmp: Path) -> None:
         summary["inprocess_over_bare_forward"],
         summary["http_score_over_inprocess"],
         summary["http_score_one_request_over_inprocess"],
+        summary["http_score_raw_over_inprocess"],
     ]
     assert all(isinstance(r, list) or (math.isfinite(r) and r > 0) for r in ratios), ratios
     over = report["overload"]
