@@ -9,8 +9,9 @@ Each gradient-trained model (Adam, truncated BPTT over 32 streams of 128 charact
 - training characters per second;
 - generation characters per second, one stream and 32 streams at once (causal models only).
 
-    python bench/architectures.py --budget 60 \
+    python bench/architectures.py --budget 300 \
         --json docs/architectures.json --plot docs/architectures.png
+    python bench/architectures.py --budget 60 --json docs/architectures-60s.json
 
 The corpus is read from ``../shared/data/tinyshakespeare.txt`` beside the repository; without it
 the script says so and exits cleanly.
