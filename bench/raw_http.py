@@ -34,6 +34,10 @@ class RawConnection:
     async def post_json(self, path: str, payload: Any) -> tuple[int, bytes]:
         """``POST path`` with ``payload`` as JSON; the status and the body."""
         assert self._reader is not None and self._writer is not None, "open() first"
+        if self._reader.at_eof():  # the server closed it while idle (keep-alive timeout)
+            await self.close()
+            await self.open()
+            assert self._reader is not None and self._writer is not None
         body = json.dumps(payload).encode()
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"

@@ -111,11 +111,9 @@ async def paired_checks(
     step, single, inproc, forward, http, one, raw = [], [], [], [], [], [], []
     server_cpu, client_cpu = [], []  # per scoring request
     host, port = server.url.removeprefix("http://").rsplit(":", 1)
-    connections = await open_raw(host, int(port), len(texts))
     async with Clients(server.url) as clients:
         await open_connections(clients, len(texts))
         await score_level(clients, model, len(texts), 1, texts)  # warm-up
-        await score_raw(connections, model, texts)
         for _ in range(args.pairs):
             step.append(sampling_loop(bare, 1, args.single_chars).seconds_per_step)
             r = await generation_level(clients, model, 1, 1, args.single_chars, stream=True)
@@ -130,9 +128,13 @@ async def paired_checks(
             server_cpu.append((server.cpu_seconds() - server_start) / len(texts))
             client_cpu.append((time.process_time() - client_start) / len(texts))
             one.append(await score_one_request(clients, model, texts))
+            # fresh connections, opened before the clock starts: a pair outlasts the server's
+            # keep-alive timeout, which closes idle ones
+            connections = await open_raw(host, int(port), len(texts))
+            await score_raw(connections, model, texts)  # warm-up
             raw.append(await score_raw(connections, model, texts))
-    for connection in connections:
-        await connection.close()
+            for connection in connections:
+                await connection.close()
     inproc_s = statistics.median(inproc)
     return {
         "score_texts": [len(t) for t in texts],
