@@ -1,48 +1,30 @@
-"""The training run around the step (``training.step``): budgets, validation, best-checkpoint
-keeping, early stopping, resume state and files, stop requests.
+"""The training run around the step (``training.step``): budgets, the schedule of validations,
+early stopping, resume state, stop requests and the run's result.
 
-Files beside ``--out X.safetensors`` (rank 0 only): ``X.safetensors`` holds the model with the
-best validation loss (the last one when there is no validation text; with ``--ema``, the raw
-weights or their average, whichever validated better: ``training.averaging``),
-``X.resume.safetensors`` the state to continue from, ``X.metrics.jsonl`` the metrics and
-``X.png`` the loss plot.
-
-Validation reads the text as parallel streams (``training.evaluate``): a close estimate of the
-exact figure ``charlm-eval`` gives, at a fraction of its cost. Its time, with the sample and the
-files written at each validation, is measured and reported (``eval_seconds`` in the metrics), and
-without ``--eval-interval`` it decides when the next validation comes (``training.budget``).
+What a validation does, and the files the run keeps beside ``--out`` (best model, resume file,
+metrics, plot), are ``training.run_files``. Without ``--eval-interval``, the measured time of the
+validations decides when the next one comes (``training.budget``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.checkpoint import save_checkpoint
-from models.scoring import bits_per_char
 from training import distributed
-from training.averaging import checkpoint_info, read_both
 from training.budget import RunClock, TimeBudget
 from training.config import TrainConfig
 from training.data import Corpus
 from training.distributed import DistContext
 from training.evaluate import EvalResult
 from training.progress import Progress
-from training.report import MetricsLog, Reporter, draw_plot, metrics_path, plot_path
-from training.resume import (
-    ResumeError,
-    ResumeState,
-    check_same_run,
-    load_resume,
-    resume_path,
-    save_resume,
-)
+from training.report import Reporter
+from training.resume import ResumeError, ResumeState, check_same_run, load_resume, resume_path
+from training.run_files import RunFiles
 from training.signals import StopRequest
 from training.step import Stepper
 from training.validation import Validation
@@ -101,12 +83,22 @@ class Trainer:
         self._time_progress = 0.0  # rank 0's, shared each step when there is a time budget
         self.progress = Progress()
         self.stop = StopRequest()
-        self.metrics = MetricsLog(metrics_path(out)) if out is not None else None
+        self.files = RunFiles(
+            config,
+            corpus,
+            out,
+            self.ctx,
+            self.stepper,
+            self.validation,
+            self.progress,
+            self.clock,
+            self.reporter,
+        )
         self.finished: str | None = None
         if resume:
             self._resume()
-        elif self.metrics is not None and self.ctx.is_main:
-            self.metrics.reset()
+        elif self.files.metrics is not None and self.ctx.is_main:
+            self.files.metrics.reset()
 
     @property
     def step(self) -> int:
@@ -148,7 +140,7 @@ class Trainer:
                 due = bool(self.validation.docs) and self._evaluation_due()
                 self.budget.step_seconds = self.clock.now() - started  # the next one's guess
                 if due:
-                    self._evaluate_and_save()
+                    self.files.evaluate_and_save(self.state_dict)
 
     def _stop_reason(self) -> str | None:
         cfg = self.config
@@ -185,100 +177,17 @@ class Trainer:
         record.update(figures)
         if self.ctx.is_main:
             self.reporter.train(record)
-            if self.metrics is not None:
-                self.metrics.append(record)
+            self.files.append(record)
 
-    # ------------------------------------------------------------------ evaluation & files
+    # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> EvalResult:
         """The exact figure of the validation text (``charlm-eval``'s reading, one stream per
         document); the run's own validations read it as parallel streams (``Validation.run``)."""
         return self.validation.exact()
 
-    def _evaluate_and_save(self) -> None:
-        started = self.clock.now()
-        val = math.nan
-        validated = None
-        if self.ctx.is_main:  # the raw weights and, with --ema, their average
-            validated = read_both(self.validation.run, self.stepper.average)
-            val = validated.best.nats_per_char
-        val_seconds = self.clock.now() - started
-        val = distributed.broadcast_float(val, self.ctx)
-        improved = self.progress.record(self.step, val)
-        if improved and validated is not None:
-            self._save_model(validated.weights)
-        times = self.validation.times
-        mark = self.clock.now()
-        times.add(mark - started)  # before the resume file, which counts this one
-        self._save_resume()
-        if validated is None:
-            times.extend(self.clock.now() - mark)
-            return
-        result = validated.raw
-        record: dict[str, Any] = {
-            "kind": "eval",
-            "step": self.step,
-            "time": round(self.train_seconds, 3),
-            "val_nats": result.nats_per_char,  # the raw weights'; the average's in ema_val_nats
-            "val_bpc": result.bits_per_char,
-            "val_chars": result.num_chars,
-            "is_best": improved,
-            "lr": self.stepper.lr,
-            **validated.figures(),
-        }
-        sample = self._sample(validated.weights)
-        if self.metrics is not None:
-            try:
-                records = [*self.metrics.records(), record]
-                draw_plot(records, plot_path(self.out or self.metrics.path))
-            except Exception as exc:  # a plot must never stop training
-                logger.warning("could not draw the loss plot: %s", exc)
-        times.extend(self.clock.now() - mark)
-        record.update(
-            val_seconds=round(val_seconds, 4),  # the validation reading alone
-            eval_seconds=round(times.estimate, 4),  # reading, sample, files and plot
-            **times.totals(self.clock.elapsed),
-        )
-        self.reporter.evaluation(record, sample)
-        if self.metrics is not None:
-            self.metrics.append(record)
-
-    def _sample(self, weights: str) -> str | None:
-        """The validation's sample, drawn from the weights this validation found better."""
-        average = self.stepper.average
-        with average.swapped_in() if weights == "ema" and average else contextlib.nullcontext():
-            return self.validation.sample()
-
     def summary(self) -> dict[str, Any]:
-        progress = self.progress
-        best = progress.best_val if progress.best_step >= 0 else None
-        return {
-            "step": self.step,
-            "train_seconds": round(self.train_seconds, 3),
-            "wall_seconds": round(self.clock.elapsed, 3),
-            "eval_seconds": round(self.validation.times.total, 3),
-            "num_evals": self.validation.times.count,
-            "best_step": progress.best_step,
-            "best_val_nats_per_char": best,
-            "best_val_bits_per_char": None if best is None else bits_per_char(best),
-            "corpus_fingerprint": self.corpus.fingerprint,
-            "train_chars": len(self.corpus.train_ids),
-            "val_chars": self.corpus.num_val_chars,
-            "world_size": self.ctx.world_size,
-        }
-
-    def _save_model(self, weights: str = "raw") -> None:
-        """The model with its raw weights, or with their average (``weights="ema"``)."""
-        if self.out is None:
-            return
-        average = self.stepper.average
-        with average.swapped_in() if weights == "ema" and average else contextlib.nullcontext():
-            save_checkpoint(
-                self.out,
-                self.model,
-                self.corpus.vocab,
-                train_config=self.config.to_dict(),
-                training={**self.summary(), **checkpoint_info(weights, average)},
-            )
+        """The run so far, as the checkpoint's ``training`` metadata records it."""
+        return self.files.summary()
 
     # ------------------------------------------------------------------ resume state
     def state_dict(self) -> ResumeState:
@@ -314,16 +223,14 @@ class Trainer:
         self.validation.load_state_dict(info)
 
     def _save_resume(self) -> None:
-        state = self.state_dict()  # on every rank: the streams' states are gathered
-        if self.out is not None and self.ctx.is_main:
-            save_resume(resume_path(self.out), state)
+        self.files.save_resume(self.state_dict())  # on every rank: the streams' states are gathered
 
     def _resume(self) -> None:
         if self.out is None:
             raise ResumeError("resuming needs the checkpoint path (--out)")
         self.load_state_dict(load_resume(resume_path(self.out)))
-        if self.metrics is not None and self.ctx.is_main:
-            self.metrics.truncate_after(self.step)
+        if self.files.metrics is not None and self.ctx.is_main:
+            self.files.metrics.truncate_after(self.step)
         logger.info("resumed at step %d", self.step)
 
     def finish(self) -> TrainResult:
@@ -337,13 +244,13 @@ class Trainer:
                 and self.validation.docs
                 and self.progress.last_eval_step != self.step
             ):
-                self._evaluate_and_save()
+                self.files.evaluate_and_save(self.state_dict)
             else:
                 self._save_resume()
             if not self.validation.docs and self.ctx.is_main:
-                self._save_model()  # no validation text: the last model is the one kept
-            if self.metrics is not None and self.ctx.is_main:
-                self.metrics.append(
+                self.files.save_model()  # no validation text: the last model is the one kept
+            if self.ctx.is_main:
+                self.files.append(
                     {
                         "kind": "summary",
                         "step": self.step,

@@ -1,11 +1,12 @@
 """The run's validation: its text, how it is read, what it has cost and when the next one comes.
 
-The trainer (``training.loop``) decides what a validation's figure means (best model, early
-stopping, files); this module holds the rest. The text is the validation documents' first
-``--eval-max-chars`` characters, cut further under a time budget so that one validation takes at
-most ``VALIDATION_SHARE`` of it; every validation of a run reads the same characters, so their
-figures compare. Their reading is parallel (``training.evaluate.Reading``); their cost,
-validation, sample, checkpoint, resume file and plot together, is kept in ``times``.
+The run (``training.loop``, with ``training.run_files``) decides what a validation's figure
+means (best model, early stopping, files); this module holds the rest. The text is the
+validation documents' first ``--eval-max-chars`` characters, cut further under a time budget so
+that one validation takes at most ``VALIDATION_SHARE`` of it; every validation of a run reads
+the same characters, so their figures compare. Their reading is parallel
+(``training.evaluate.Reading``); their cost, validation, sample, checkpoint, resume file and plot
+together, is kept in ``times``.
 """
 
 from __future__ import annotations

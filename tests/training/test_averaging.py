@@ -179,12 +179,12 @@ def test_the_checkpoint_keeps_the_better_weights_and_says_which(
     # either kind of weights can be the one kept: the average, or the raw weights
     average = trainer.stepper.average
     assert average is not None
-    trainer._save_model("ema")
+    trainer.files.save_model("ema")
     kept = load_checkpoint(out)
     assert kept.training["weights"] == "ema" and kept.training["ema_updates"] == 60
     for name, a in zip(average.names, average.averages, strict=True):
         assert torch.equal(kept.model.state_dict()[name], a)
-    trainer._save_model("raw")
+    trainer.files.save_model("raw")
     kept = load_checkpoint(out)
     assert kept.training["weights"] == "raw"
     for name, p in trainer.model.state_dict().items():
@@ -195,7 +195,7 @@ def test_the_checkpoint_keeps_the_better_weights_and_says_which(
         from_average = sample_text(trainer.model, vocab, chars)
     from_raw = sample_text(trainer.model, vocab, chars)
     assert from_average != from_raw  # 60 steps apart enough for seed 0 to read differently
-    assert trainer._sample("ema") == from_average and trainer._sample("raw") == from_raw
+    assert trainer.files.sample("ema") == from_average and trainer.files.sample("raw") == from_raw
 
 
 def test_averaging_never_changes_the_training(
