@@ -22,7 +22,8 @@ from typing import TypeVar
 from fastapi import Request
 
 from app.api.errors import APIError
-from app.engine.engine import GenerationChunk, ModelEngine
+from app.engine.engine import ModelEngine
+from app.engine.generation import GenerationChunk
 from app.engine.params import FinishReason, GenerationParams
 from app.metrics import Metrics
 

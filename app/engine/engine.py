@@ -4,7 +4,8 @@ Routes call ``ModelEngine.score`` and ``ModelEngine.generate(prompt, params)`` (
 generation in one ``app.engine.params.GenerationParams``); a scheduler thread per model runs
 every forward pass (``app.engine.scheduler``): completions join the running batch at the next step
 and leave it when done; texts to score are read a chunk per round beside each other, joining and
-leaving between rounds the same way (``app.engine.scoring``).
+leaving between rounds the same way (``app.engine.scoring``). On the event loop's side,
+``generate`` follows a request's completions through ``app.engine.generation``.
 
 Limits: ``max_batch_size`` rows per step (completions generating or reading their prompt; and,
 separately, texts being scored), ``max_queue`` requests waiting (beyond it ``QueueFullError``
@@ -24,7 +25,6 @@ import logging
 import sys
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
 
@@ -38,15 +38,9 @@ from app.engine.errors import (
     QueueFullError,
     RequestTimeoutError,
 )
+from app.engine.generation import Generation, GenerationChunk
 from app.engine.params import FinishReason, GenerationParams
-from app.engine.requests import (
-    CallRequest,
-    CompletionText,
-    GenerationRequest,
-    Mailbox,
-    Phase,
-    ScoreRequest,
-)
+from app.engine.requests import CallRequest, Phase, ScoreRequest
 from app.engine.scheduler import Scheduler
 from app.engine.stats import EngineCounters, HistogramSnapshot
 from models.adapt import AdaptSettings, adapt_refusal, adaptive_score_texts
@@ -70,17 +64,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass
-class GenerationChunk:
-    """New text for completion ``index`` of a request; its last chunk carries ``finish_reason``."""
-
-    text: str
-    finish_reason: FinishReason | None = None  # None while running
-    num_chars: int = 0  # characters of the completion so far, this chunk included
-    seed: int = 0
-    index: int = 0  # of the completion among the request's ``n``
 
 
 class ModelEngine:
@@ -255,62 +238,20 @@ class ModelEngine:
             return
         ids = np.concatenate([[BOS_ID], self.checkpoint.vocab.encode_array(prompt)])
         ids = ids.astype(np.int64)  # (T,) read by every completion, written by none
-        loop, event, now = asyncio.get_running_loop(), asyncio.Event(), time.monotonic()
-        requests = [
-            GenerationRequest(
-                ids=ids,
-                params=params,
-                seed=seed,
-                text=CompletionText(params.stop),
-                mailbox=Mailbox(loop, event),
-                admitted_at=now,
-                deadline=now + self.request_timeout_s,
-            )
-            for seed in seeds
-        ]
+        generation = Generation(
+            ids, params, seeds, self._scheduler, self._counters, self.request_timeout_s
+        )
         try:
-            self._scheduler.submit(requests)
+            self._scheduler.submit(generation.requests)
         finally:
             self._submitted()
-        running = set(range(len(requests)))
         try:
-            while running:
-                await self._wait(requests, event)
-                event.clear()
-                for index in sorted(running):
-                    text, num_chars, finish, error = requests[index].mailbox.take()
-                    if error is not None:
-                        raise error
-                    if text or finish is not None:
-                        yield GenerationChunk(text, finish, num_chars, seeds[index], index)
-                    if finish is not None:
-                        running.discard(index)
+            while generation.running:
+                await generation.wait()
+                for chunk in generation.take():
+                    yield chunk
         finally:
-            for request in requests:
-                if request.phase is not Phase.DONE:
-                    self._scheduler.cancel(request)
-
-    async def _wait(self, requests: list[GenerationRequest], event: asyncio.Event) -> None:
-        """Wait for new text of the request's completions; until every one has started, wait
-        no further than their deadline, and then give up on them."""
-        while any(r.phase is Phase.QUEUED for r in requests):
-            remaining = requests[0].deadline - time.monotonic()
-            try:
-                async with asyncio.timeout(max(0.0, remaining)):
-                    await event.wait()
-            except TimeoutError:
-                withdrawn = [r for r in requests if self._scheduler.withdraw(r)]
-                if withdrawn:
-                    self._counters.reject("timeout")
-                    raise RequestTimeoutError(
-                        f"the request waited longer than {self.request_timeout_s:g} s to start"
-                    ) from None
-                continue
-            if not any(r.phase is Phase.QUEUED for r in requests):
-                return
-            event.clear()  # what the started ones wrote waits in their mailboxes
-        # all running: the scheduler ends each at its deadline with finish_reason "timeout"
-        await event.wait()
+            generation.cancel()
 
     def _submitted(self) -> None:
         """The request is queued or refused: tell whoever counts requests on their way in."""

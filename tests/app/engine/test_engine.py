@@ -17,11 +17,11 @@ import torch
 from app.engine.engine import (
     CannotGenerateError,
     EngineClosedError,
-    GenerationChunk,
     ModelEngine,
     QueueFullError,
 )
 from app.engine.errors import RequestTimeoutError
+from app.engine.generation import GenerationChunk
 from app.engine.params import GenerationParams
 from app.engine.requests import CompletionText
 from models.checkpoint import LoadedCheckpoint, save_checkpoint
