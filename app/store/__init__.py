@@ -6,6 +6,7 @@ foreign format, half written) is logged and listed as unavailable with its reaso
 serve, and a version that serves keeps serving until a good file replaces it.
 
 - ``model_store``: ``ModelStore``, the checks of the folder and the lookups
+- ``loading``: one file read into a new version of its model, or listed with why it cannot be
 - ``retiring``: old versions finishing the requests that hold them, then stopped and freed
 - ``entries``: one version of a model (``ModelEntry``), what a check changed, which versions the
   requests in flight hold

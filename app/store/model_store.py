@@ -5,8 +5,8 @@ checkpoint file with the version serving: a new file is loaded and serves; a cha
 loaded beside the old version, takes the model's new requests once ready, and the old version
 finishes the requests it holds before its engine is stopped and its memory freed; a removed
 file's model disappears the same way. A file that cannot be loaded never replaces a version that
-serves: it is listed (``ModelEntry.update``) with its reason until a good file takes its place.
-Loading runs in a thread, never on the event loop.
+serves. Reading one file into a new version of its model, in a thread, never on the event loop,
+is ``app.store.loading``.
 """
 
 from __future__ import annotations
@@ -14,33 +14,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
-import time
 from collections.abc import Callable
 
 from app.engine.engine import ModelEngine
 from app.metrics import Metrics
-from app.settings import MODEL_ID_PATTERN, Settings
-from app.store.entries import ModelChange, ModelEntry, PendingFile, note_use
+from app.settings import Settings
+from app.store.entries import ModelChange, ModelEntry, note_use
 from app.store.errors import (
     ModelNotFoundError,
     ModelRequiredError,
     ModelUnavailableError,
     NoModelError,
 )
-from app.store.files import CheckpointFile, FileChangedError, read_checkpoint, scan_folder
+from app.store.files import FileChangedError, scan_folder
+from app.store.loading import Loader
 from app.store.memory import release_memory
 from app.store.retiring import Retiring
-from models.checkpoint import CheckpointError, LoadedCheckpoint
 
 logger = logging.getLogger(__name__)
 
-_MODEL_ID = re.compile(MODEL_ID_PATTERN)
 _PASSES = 3  # reads of a folder whose files change while they are read, per check
-BAD_NAME = (
-    "file name is not a valid model id (letters, digits, '.', '_', '-';"
-    " at most 64; starting with a letter or digit)"
-)
 
 
 class ModelStore:
@@ -65,6 +58,7 @@ class ModelStore:
         self._checks: set[asyncio.Task[list[ModelChange]]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._retiring = Retiring(settings.request_timeout_s, settings.shutdown_grace_s)
+        self._loader = Loader(settings, self._retiring, lambda: self.draining, on_submitted)
         self._folder_missing = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -146,7 +140,7 @@ class ModelStore:
                 settled = True
                 for file in files.values():
                     try:
-                        change = await self._consider(file, retry_failed)
+                        change = await self._loader.consider(self.entries, file, retry_failed)
                     except FileChangedError as exc:
                         logger.info("model %s: %s; reading it again", file.model_id, exc)
                         settled = False
@@ -173,110 +167,12 @@ class ModelStore:
                 self.settings.models_dir,
             )
 
-    async def _consider(self, file: CheckpointFile, retry_failed: bool) -> ModelChange | None:
-        """Bring one file's model up to date; the change made, if any."""
-        model_id = file.model_id
-        current = self.entries.get(model_id)
-        if not _MODEL_ID.match(model_id):
-            if current is not None:  # listed already: a name does not get better
-                return None
-            self.entries[model_id] = ModelEntry(
-                model_id, file.path.name, identity=file.identity, error=BAD_NAME
-            )
-            logger.error("model %s unavailable: %s", model_id, BAD_NAME)
-            return ModelChange(model_id, "failed", error=BAD_NAME)
-        if current is not None and not current.needs_reading(file.identity, retry_failed):
-            return None
-        serving = current if current is not None and current.ready else None
-        if serving is not None:
-            serving.update = PendingFile(file.identity)
-        sha256: str | None = None
-        try:
-            read = await asyncio.to_thread(
-                read_checkpoint,
-                file.path,
-                self.settings.device,
-                serving.sha256 if serving is not None else None,
-            )
-            sha256 = read.sha256
-            if read.checkpoint is None:  # same bytes as the version serving (touched, copied)
-                assert serving is not None
-                serving.identity, serving.update = read.identity, None
-                return None
-            if self.draining:
-                raise FileChangedError("the server is stopping")
-            engine = self._build_engine(model_id, read.checkpoint)
-            await engine.start()
-        except FileChangedError:
-            if serving is not None:
-                serving.update = None
-            raise
-        except CheckpointError as exc:
-            return self._failed(file, current, str(exc).replace(str(file.path), file.path.name))
-        except Exception as exc:  # a bad file must never stop the others from serving
-            logger.exception("model %s: unexpected error while loading", model_id)
-            return self._failed(file, current, f"failed to load: {type(exc).__name__}: {exc}")
-        entry = ModelEntry(
-            model_id,
-            file.path.name,
-            identity=read.identity,
-            checkpoint=read.checkpoint,
-            engine=engine,
-            sha256=sha256,
-            loaded_at=time.time(),
-        )
-        self.entries[model_id] = entry
-        if serving is None:
-            logger.info("model %s loaded from %s (sha256 %s)", model_id, file.path, sha256)
-            return ModelChange(model_id, "added", sha256=sha256)
-        self._retiring.add(serving)
-        logger.info(
-            "model %s: new version from %s (sha256 %s) serves; the old one (sha256 %s) drains",
-            model_id,
-            file.path,
-            sha256,
-            serving.sha256,
-        )
-        return ModelChange(model_id, "replaced", sha256=sha256)
-
-    def _failed(
-        self, file: CheckpointFile, current: ModelEntry | None, error: str
-    ) -> ModelChange | None:
-        model_id = file.model_id
-        if current is not None and current.ready:
-            current.update = PendingFile(file.identity, "unavailable", error)
-            logger.error(
-                "model %s: the new file cannot be loaded; the version loaded before (sha256 %s)"
-                " keeps serving: %s",
-                model_id,
-                current.sha256,
-                error,
-            )
-        else:
-            self.entries[model_id] = ModelEntry(
-                model_id, file.path.name, identity=file.identity, error=error
-            )
-            logger.error("model %s unavailable: %s", model_id, error)
-        return ModelChange(model_id, "failed", error=error)
-
     def _remove(self, model_id: str) -> ModelChange:
         entry = self.entries.pop(model_id)
         if entry.ready:
             self._retiring.add(entry)
             logger.info("model %s: its file is gone; it drains and disappears", model_id)
         return ModelChange(model_id, "removed", sha256=entry.sha256)
-
-    def _build_engine(self, model_id: str, checkpoint: LoadedCheckpoint) -> ModelEngine:
-        """The one place engines are constructed, with the configured limits."""
-        settings = self.settings
-        return ModelEngine(
-            model_id,
-            checkpoint,
-            max_queue=settings.max_queue,
-            max_batch_size=settings.max_batch_size,
-            request_timeout_s=settings.request_timeout_s,
-            on_submitted=self.on_submitted,
-        )
 
     def draining_versions(self, model_id: str) -> int:
         """Older versions of ``model_id`` still finishing the requests they hold."""
