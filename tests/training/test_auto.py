@@ -133,7 +133,15 @@ def test_resolve_keeps_explicit_settings() -> None:
     assert resolved.hidden_size == SHAPES[0][1]  # 2,000 characters: the data rule
     assert resolved.max_time == 30.0
     assert resolved.patience == auto.PATIENCE
+    assert resolved.final_lr_fraction == auto.FINAL_LR_FRACTION != TrainConfig().final_lr_fraction
     assert line.startswith("auto: 1x128 lstm")
+
+
+def test_an_explicit_schedule_floor_is_kept() -> None:
+    config = config_from_preset("auto", max_steps=100, final_lr_fraction=0.0)
+    context = DistContext(device=torch.device("cpu"))
+    resolved, _ = auto.resolve(config, {"final_lr_fraction"}, 2_000, VOCAB, context)
+    assert resolved.final_lr_fraction == 0.0
 
 
 def test_named_presets_and_unsized_architectures_are_left_alone() -> None:
