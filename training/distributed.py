@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from training import cpu_use
+
 logger = logging.getLogger(__name__)
 
 #: what ``--device`` accepts: ``auto`` is CUDA when present, else the CPU
@@ -57,28 +59,35 @@ def choose_device(name: str, local_rank: int = 0) -> torch.device:
 def choose_num_threads(local_world_size: int = 1) -> int:
     """CPU threads per process: the cores this process may use, shared by the local ranks.
 
-    On a machine already busier than its core count, half as many: OpenMP's threads wait for
-    each other at every operation, and one that is descheduled stalls the others (measured
-    here: a step of the small LSTM took 2-10x longer with 2 threads than with 1 on a loaded
-    2-core machine). ``CHARLM_NUM_THREADS`` overrides; torchrun sets ``OMP_NUM_THREADS=1`` on
-    its own, which is why that variable is not followed.
+    Where other work already keeps at least half of those cores busy, half as many: OpenMP's
+    threads wait for each other at every operation, and one that is descheduled stalls the
+    others (measured here: a step of the small LSTM took 2-10x longer with 2 threads than with
+    1 on a loaded 2-core machine). How busy the cores are is read over a quarter of a second
+    (``training.cpu_use``), not from the load average, which still counts a run that ended a
+    minute ago. ``CHARLM_NUM_THREADS`` overrides; torchrun sets ``OMP_NUM_THREADS=1`` on its
+    own, which is why that variable is not followed.
     """
     override = os.environ.get("CHARLM_NUM_THREADS")
     if override:
         return max(1, int(override))
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    threads = max(1, cores // max(1, local_world_size))
-    try:
-        busy = os.getloadavg()[0] >= cores
-    except OSError:
-        busy = False
-    if busy and threads > 1:
+    cpus = cpu_use.allowed_cpus()
+    threads = max(1, len(cpus) // max(1, local_world_size))
+    if threads > 1 and machine_is_busy(cpus):
         threads //= 2
         logger.info("the machine is busy: using %d threads", threads)
     return threads
+
+
+def machine_is_busy(cpus: list[int]) -> bool:
+    """Whether other work keeps at least half of ``cpus`` busy now (the load average where
+    ``/proc/stat`` cannot be read)."""
+    in_use = cpu_use.cores_in_use(cpus)
+    if in_use is not None:
+        return in_use >= len(cpus) / 2
+    try:
+        return os.getloadavg()[0] >= len(cpus)
+    except OSError:
+        return False
 
 
 def launched_world_size() -> int:
