@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from training.validation import Validation
 logger = logging.getLogger(__name__)
 
 
+@dataclass
 class RunFiles:
     """The files of one run beside ``out`` (None: none, metrics included), and each validation.
 
@@ -47,28 +49,19 @@ class RunFiles:
     is due and hands over the run's resume state (``state``, read on every rank).
     """
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        corpus: Corpus,
-        out: Path | None,
-        ctx: DistContext,
-        stepper: Stepper,
-        validation: Validation,
-        progress: Progress,
-        clock: RunClock,
-        reporter: Reporter,
-    ) -> None:
-        self.config = config
-        self.corpus = corpus
-        self.out = out
-        self.ctx = ctx
-        self.stepper = stepper
-        self.validation = validation
-        self.progress = progress
-        self.clock = clock
-        self.reporter = reporter
-        self.metrics = MetricsLog(metrics_path(out)) if out is not None else None
+    config: TrainConfig
+    corpus: Corpus
+    out: Path | None
+    ctx: DistContext
+    stepper: Stepper
+    validation: Validation
+    progress: Progress
+    clock: RunClock
+    reporter: Reporter
+    metrics: MetricsLog | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = MetricsLog(metrics_path(self.out)) if self.out is not None else None
 
     def append(self, record: dict[str, Any]) -> None:
         """A record at the end of the metrics (rank 0's to write)."""
