@@ -21,7 +21,7 @@ MAX_RESERVE_FRACTION = 0.5
 #: what checkpoint, resume file and plot are assumed to take before one has been timed
 FILES_SECONDS = 0.5
 #: with a time budget, one validation (sample and files included) should take at most this
-#: share of it: the validation text is cut to fit (``training.evaluate.fit_to_time``)
+#: share of it: the validation text is cut to fit (``training.eval_timing.fit_to_time``)
 VALIDATION_SHARE = 0.05
 
 

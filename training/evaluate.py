@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,10 +38,6 @@ from models.vocab import BOS_ID, UNK_ID, CharVocab
 #: the shortest piece the parallel reading cuts a document into, in scored characters: with the
 #: default warm-up the characters read but not scored stay under 1/8 of those scored
 MIN_STREAM_CHARS = 1024
-#: characters per stream that ``estimate_seconds`` reads to time a validation
-PROBE_CHARS = 64
-#: the fewest validation characters ``fit_to_time`` cuts a text to
-MIN_FIT_CHARS = 16 * MIN_STREAM_CHARS
 #: rows x time steps x hidden units of one forward on the CPU: about a million keeps a chunk's
 #: activations in the cache (4 MB a tensor, 16 MB of LSTM gates); chunks of 2,048 steps read
 #: 1.2-1.5x slower (docs/evaluation.md)
@@ -121,6 +116,20 @@ class Reading:
                 out.append(Piece(doc, max(0, start - self.warmup), start, stop))
         return out
 
+    def batches(
+        self, arrays: Sequence[np.ndarray]
+    ) -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
+        """Each forward's texts and contexts (see ``models.scoring``) over the documents
+        ``arrays`` (int64 ids)."""
+        pieces = self.pieces([len(a) for a in arrays])
+        # longest first: each batch's rows have similar lengths, so padding wastes little
+        pieces.sort(key=lambda p: p.num_read, reverse=True)
+        for first in range(0, len(pieces), self.streams):
+            batch = pieces[first : first + self.streams]
+            texts = [arrays[p.doc][p.start : p.stop] for p in batch]
+            contexts = [arrays[p.doc][p.context : p.start] for p in batch]
+            yield texts, contexts
+
 
 EXACT = Reading(streams=1)
 
@@ -139,20 +148,6 @@ def limit_docs(docs: Sequence[np.ndarray], max_chars: int | None) -> list[np.nda
     return kept
 
 
-def _batches(
-    arrays: Sequence[np.ndarray], reading: Reading
-) -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
-    """Each forward's texts and contexts (see ``models.scoring``)."""
-    pieces = reading.pieces([len(a) for a in arrays])
-    # longest first: each batch's rows have similar lengths, so padding wastes little
-    pieces.sort(key=lambda p: p.num_read, reverse=True)
-    for first in range(0, len(pieces), reading.streams):
-        batch = pieces[first : first + reading.streams]
-        texts = [arrays[p.doc][p.start : p.stop] for p in batch]
-        contexts = [arrays[p.doc][p.context : p.start] for p in batch]
-        yield texts, contexts
-
-
 def evaluate_docs(
     model: CharLM, docs: Sequence[np.ndarray], reading: Reading = EXACT
 ) -> EvalResult:
@@ -163,7 +158,7 @@ def evaluate_docs(
         if not model.can_generate:
             return _pseudo_likelihood(model, docs)
         arrays = [np.asarray(doc, dtype=np.int64) for doc in docs]
-        batches = _batches(arrays, reading)
+        batches = reading.batches(arrays)
         total = sum((read_batch(model, texts, contexts) for texts, contexts in batches), 0.0)
         unknown = sum(int(np.count_nonzero(a == UNK_ID)) for a in arrays)  # each scored once
         return EvalResult(total, sum(len(a) for a in arrays), unknown)
@@ -228,67 +223,6 @@ def sample_text(model: CharLM, vocab: CharVocab, chars: int) -> str | None:
     finally:
         model.train(was_training)
     return gen.text
-
-
-def estimate_seconds(
-    model: CharLM,
-    docs: Sequence[np.ndarray],
-    reading: Reading,
-    now: Callable[[], float] = time.perf_counter,
-) -> float:
-    """The seconds ``evaluate_docs(model, docs, reading)`` should take, from a timed read of
-    ``PROBE_CHARS`` characters of its widest batch (the first forward's set-up makes the figure
-    high, not low)."""
-    arrays = [np.asarray(doc, dtype=np.int64) for doc in docs if len(doc)]
-    if not arrays:
-        return 0.0
-    was_training = model.training
-    model.eval()
-    try:
-        if not model.can_generate:  # one forward over each whole document: time a slice
-            part = arrays[0][: 64 * PROBE_CHARS]
-            started = now()
-            _pseudo_likelihood(model, [part])
-            return (now() - started) * sum(len(a) for a in arrays) / len(part)
-        steps = 0  # time steps of the whole reading: a batch runs as long as its longest row
-        first: list[np.ndarray] = []
-        for texts, contexts in _batches(arrays, reading):
-            steps += 1 + max(len(t) + len(c) for t, c in zip(texts, contexts, strict=True))
-            first = first or [t[:PROBE_CHARS] for t in texts]
-        none = [np.zeros(0, dtype=np.int64) for _ in first]  # no contexts
-        read_batch(model, [t[:4] for t in first], none)  # the set-up of these shapes
-        started = now()
-        read_batch(model, first, none)
-        return (now() - started) * steps / (1 + max(len(t) for t in first))
-    finally:
-        model.train(was_training)
-
-
-def fit_to_time(
-    model: CharLM,
-    vocab: CharVocab,
-    docs: Sequence[np.ndarray],
-    reading: Reading,
-    sample_chars: int,
-    seconds: float | None,
-    now: Callable[[], float] = time.perf_counter,
-) -> tuple[list[np.ndarray], float]:
-    """The leading part of ``docs`` that a validation with a sample of ``sample_chars`` reads in
-    at most ``seconds`` (``None``: all of them; never under ``MIN_FIT_CHARS`` characters), and
-    the estimated seconds of that validation and sample."""
-    sample = 0.0
-    probe = min(sample_chars, 16)
-    if probe and model.can_generate:  # a few characters of the sample, scaled
-        sample_text(model, vocab, 1)  # the set-up of the first call
-        started = now()
-        sample_text(model, vocab, probe)
-        sample = (now() - started) * sample_chars / probe
-    reading_seconds = estimate_seconds(model, docs, reading, now)
-    chars = sum(len(d) for d in docs)
-    if seconds is None or reading_seconds + sample <= seconds or chars <= MIN_FIT_CHARS:
-        return list(docs), reading_seconds + sample
-    keep = max(MIN_FIT_CHARS, int(chars * max(0.0, seconds - sample) / reading_seconds))
-    return limit_docs(docs, keep), reading_seconds * keep / chars + sample
 
 
 def _pseudo_likelihood(model: CharLM, docs: Sequence[np.ndarray]) -> EvalResult:

@@ -19,7 +19,8 @@ from models.base import CharLM
 from training.budget import FILES_SECONDS, VALIDATION_SHARE, EvalTimes, evaluation_due
 from training.config import TrainConfig
 from training.data import Corpus
-from training.evaluate import EvalResult, Reading, evaluate_docs, fit_to_time, limit_docs
+from training.eval_timing import fit_to_time
+from training.evaluate import EvalResult, Reading, evaluate_docs, limit_docs
 from training.evaluate import sample_text as _sample_text
 
 logger = logging.getLogger(__name__)
