@@ -35,11 +35,12 @@ import torch
 
 from bench.machine import machine_line
 from bench.smoke import smoke_corpus
-from training.config import PRESETS, config_from_preset
+from training.config import config_from_preset
 from training.data import Corpus, load_corpus
 from training.distributed import choose_num_threads
 from training.evaluate import EvalResult, Reading, evaluate_docs, limit_docs
 from training.loop import Trainer
+from training.presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"

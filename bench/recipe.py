@@ -45,9 +45,10 @@ import numpy as np
 from bench.machine import machine_line
 from bench.recipe_report import RunFigures, draw_curves, print_tables, targets_for
 from bench.smoke import smoke_corpus
-from training.config import DEFAULT_PRESET, config_from_preset
+from training.config import config_from_preset
 from training.data import load_corpus, read_text_file
 from training.distributed import choose_num_threads
+from training.presets import DEFAULT_PRESET
 from training.report import MetricsLog, metrics_path
 
 REPO = Path(__file__).resolve().parents[1]

@@ -50,7 +50,7 @@ from bench.score_corpus_parts import (
     source_text,
 )
 from models.vocab import CharVocab
-from training.config import PRESETS
+from training.presets import PRESETS
 
 PARTS = ("inprocess", "local", "http", "ray", "rss")
 

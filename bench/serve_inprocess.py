@@ -19,7 +19,7 @@ from models.config import ModelConfig
 from models.registry import build_model
 from models.scoring import score_texts
 from models.vocab import BOS_ID, CharVocab
-from training.config import PRESETS
+from training.presets import PRESETS
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 

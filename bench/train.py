@@ -52,11 +52,12 @@ from bench.smoke import smoke_corpus
 from bench.train_reference import ReferenceTrainer
 from training import auto
 from training.averaging import read_both
-from training.config import AUTO_PRESET, TrainConfig, config_from_preset
+from training.config import TrainConfig, config_from_preset
 from training.data import load_corpus
 from training.distributed import DistContext, choose_num_threads
 from training.loop import Trainer
 from training.precision import autocast_dtype
+from training.presets import AUTO_PRESET
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 

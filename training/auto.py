@@ -32,9 +32,10 @@ import torch
 from models.config import ModelConfig
 from models.registry import build_model
 from training import distributed
-from training.config import AUTO_PRESET, TrainConfig
+from training.config import TrainConfig
 from training.distributed import DistContext
 from training.precision import autocast_dtype
+from training.presets import AUTO_PRESET
 from training.speed import training_chars_per_second
 
 #: architectures ``auto`` sizes; the others take the ``small`` preset's values

@@ -17,16 +17,11 @@ from models.scoring import bits_per_char
 from training import auto, distributed
 from training.batches import StreamError
 from training.budget import startup_seconds
-from training.config import (
-    DEFAULT_PRESET,
-    PRESETS,
-    TrainConfig,
-    config_from_preset,
-    field_choices,
-)
+from training.config import TrainConfig, config_from_preset, field_choices
 from training.data import CorpusError, load_corpus
 from training.esn import train_esn
 from training.loop import Trainer
+from training.presets import DEFAULT_PRESET, PRESETS
 from training.report import ProgressReporter, Reporter
 from training.resume import ResumeError, load_resume, resume_path
 

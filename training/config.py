@@ -1,4 +1,5 @@
-"""The training configuration, its presets, and how it builds the model configuration.
+"""The training configuration, and how it builds the model configuration; its named sizes are
+``training.presets``.
 
 Each field carries its command-line description in ``metadata``: ``help``, the flag ``group``,
 ``choices`` where the values are a closed set, and ``resumable`` for the budgets and reporting
@@ -17,54 +18,9 @@ from models.registry import available_architectures
 from training.algorithms import ALGORITHMS
 from training.distributed import DEVICES
 from training.precision import PRECISIONS
+from training.presets import DEFAULT_PRESET, PRESET_NAMES, preset_values
 
 OPTIMIZERS = ("adamw", "sgd")
-
-#: named sizes; explicit command-line flags override these values
-PRESETS: dict[str, dict[str, Any]] = {
-    # seconds on a laptop; for smoke tests and tiny corpora
-    "tiny": {
-        "embed_size": 32,
-        "hidden_size": 128,
-        "num_layers": 1,
-        "seq_len": 64,
-        "batch_size": 16,
-        "lr": 3e-3,
-        "dropout": 0.0,
-        "max_steps": 1000,
-    },
-    # the service's default model: minutes on a 2-core CPU. One wide layer learns faster per
-    # second than two of 256 at the same cost; short chunks give many updates a minute; dropout
-    # and weight decay keep the 1.2M weights from overfitting a small corpus, and with them a
-    # high learning rate pays (docs/benchmarks.md)
-    "small": {
-        "embed_size": 64,
-        "hidden_size": 512,
-        "num_layers": 1,
-        "seq_len": 16,
-        "batch_size": 64,
-        "lr": 8e-3,
-        "weight_decay": 0.075,
-        "dropout": 0.1,
-        "max_steps": 5000,
-    },
-    # a GPU or a long CPU run
-    "medium": {
-        "embed_size": 128,
-        "hidden_size": 512,
-        "num_layers": 3,
-        "seq_len": 256,
-        "batch_size": 64,
-        "lr": 2e-3,
-        "dropout": 0.2,
-        "max_steps": 20000,
-    },
-}
-#: sizes the model to the corpus, the budget and the device when the run starts (training.auto);
-#: until then, and for the architectures it does not size, it holds the ``small`` values
-AUTO_PRESET = "auto"
-DEFAULT_PRESET = AUTO_PRESET
-PRESET_NAMES = (AUTO_PRESET, *PRESETS)
 
 Choices = Sequence[str] | Callable[[], Sequence[str]]
 
@@ -304,7 +260,4 @@ class TrainConfig(FrozenConfig):
 
 def config_from_preset(preset: str, **overrides: Any) -> TrainConfig:
     """The preset's values with ``overrides`` on top."""
-    if preset not in PRESET_NAMES:
-        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESET_NAMES)}")
-    values = PRESETS["small" if preset == AUTO_PRESET else preset]
-    return TrainConfig(preset=preset, **{**values, **overrides})
+    return TrainConfig(preset=preset, **{**preset_values(preset), **overrides})

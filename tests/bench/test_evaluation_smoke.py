@@ -9,7 +9,7 @@ import re
 import pytest
 
 from bench import evaluation
-from training.config import PRESETS
+from training.presets import PRESETS
 
 NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
 

@@ -11,8 +11,9 @@ from models.registry import available_architectures, model_class
 from models.scoring import score_texts
 from training.checkpoint_cli import eval_main, sample_main
 from training.cli import RESUMABLE, _train_parser, build_train_config, train_main
-from training.config import PRESETS, TrainConfig, field_choices
+from training.config import TrainConfig, field_choices
 from training.distributed import DEVICES
+from training.presets import PRESETS
 
 
 def _train(corpus_file: Path, out: Path, cache_dir: Path, *extra: str) -> int:

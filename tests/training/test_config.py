@@ -8,8 +8,9 @@ import pytest
 
 from models.registry import available_architectures
 from training.algorithms import ALGORITHMS
-from training.config import PRESET_NAMES, PRESETS, TrainConfig, config_from_preset, field_choices
+from training.config import TrainConfig, config_from_preset, field_choices
 from training.distributed import DEVICES
+from training.presets import PRESET_NAMES, PRESETS
 
 
 def test_every_field_is_described_for_the_command_line() -> None:
