@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -60,14 +60,15 @@ class TextScore(PerCharFigures):
     num_unknown: int
     top_ids: Tensor | None = None  # (N, k) long
     top_logprobs: Tensor | None = None  # (N, k) float32
+    logprob: float = field(init=False)  # the sum, in float64
+
+    def __post_init__(self) -> None:
+        # summed once, where the score is made: a server's model thread, not its event loop
+        self.logprob = float(self.logprobs.double().sum())
 
     @property
     def num_chars(self) -> int:
         return int(self.logprobs.numel())
-
-    @property
-    def logprob(self) -> float:
-        return float(self.logprobs.double().sum())
 
     @property
     def nats_per_char(self) -> float:

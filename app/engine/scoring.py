@@ -23,12 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from app.engine.publisher import resolve_all
 from app.engine.requests import Phase, ScoreRequest
 from app.engine.stats import EngineCounters
-from models.base import CharLM, State, concat_states
+from models.base import CharLM, State
 from models.scoring import TextScore, target_logprobs
 from models.vocab import BOS_ID, UNK_ID, CharVocab
 
@@ -42,11 +41,11 @@ class ScoreRow:
     index: int  # of the text in its request
     ids: np.ndarray  # (T,)
     first: int
-    logprobs: Tensor  # (T - 1,) float32, filled as the row advances
-    top_ids: Tensor | None = None  # (T - 1, k) long
-    top_logprobs: Tensor | None = None  # (T - 1, k) float32
+    logprobs: np.ndarray  # (T - 1,) float32, filled as the row advances
+    top_ids: np.ndarray | None = None  # (T - 1, k) int64
+    top_logprobs: np.ndarray | None = None  # (T - 1, k) float32
     pos: int = 0  # ids read so far
-    state: State | None = None  # after ``ids[:pos]``; None: the initial state
+    state: State | None = None  # after ``ids[:pos]``, without the batch dim; None: initial
 
     @property
     def done(self) -> bool:
@@ -55,11 +54,13 @@ class ScoreRow:
     def result(self) -> TextScore:
         text = self.ids[1 + self.first :]
         return TextScore(
-            logprobs=self.logprobs[self.first :].clone(),
+            logprobs=torch.from_numpy(self.logprobs[self.first :]),
             num_unknown=int(np.count_nonzero(text == UNK_ID)),
-            top_ids=None if self.top_ids is None else self.top_ids[self.first :].clone(),
+            top_ids=None if self.top_ids is None else torch.from_numpy(self.top_ids[self.first :]),
             top_logprobs=(
-                None if self.top_logprobs is None else self.top_logprobs[self.first :].clone()
+                None
+                if self.top_logprobs is None
+                else torch.from_numpy(self.top_logprobs[self.first :])
             ),
         )
 
@@ -72,10 +73,10 @@ def make_rows(request: ScoreRequest, vocab: CharVocab, vocab_size: int) -> list[
     for index, text in enumerate(request.texts):
         ids = np.concatenate([[BOS_ID], context, vocab.encode_array(text)]).astype(np.int64)
         targets = len(ids) - 1
-        row = ScoreRow(request, index, ids, len(context), torch.zeros(targets))
+        row = ScoreRow(request, index, ids, len(context), np.zeros(targets, np.float32))
         if k:
-            row.top_ids = torch.zeros(targets, k, dtype=torch.long)
-            row.top_logprobs = torch.zeros(targets, k)
+            row.top_ids = np.zeros((targets, k), np.int64)
+            row.top_logprobs = np.zeros((targets, k), np.float32)
         if not text:
             row.pos = targets
         rows.append(row)
@@ -115,7 +116,13 @@ def round_ends(rows: Sequence[ScoreRow], max_steps: int) -> list[int]:
 
 def advance_scoring(model: CharLM, rows: Sequence[ScoreRow], max_steps: int) -> int:
     """Read the next chunk of every row (``round_ends``) in one forward of the padded batch;
-    returns the ids read in all."""
+    returns the ids read in all.
+
+    The round's tensor work is a fixed number of operations whatever the number of rows: the
+    rows' states are stacked and split once (a row keeps a view of the round's state), and the
+    figures are copied into the rows' arrays by numpy. Each torch call gives up the interpreter
+    and must win it back from the event loop, so calls per row would slow the round down while
+    requests are being parsed."""
     rows = [r for r in rows if not r.done]
     if not rows:
         return 0
@@ -128,16 +135,15 @@ def advance_scoring(model: CharLM, rows: Sequence[ScoreRow], max_steps: int) -> 
         inputs[i, : end - row.pos] = row.ids[row.pos : end]
         targets[i, : end - row.pos] = row.ids[row.pos + 1 : end + 1]
     device = model.device
-    fresh = model.initial_state(1, device)
-    state = concat_states([r.state if r.state is not None else fresh for r in rows])
-    logits, state = model(torch.from_numpy(inputs).to(device), state)  # (R, W, V)
+    logits, state = model(torch.from_numpy(inputs).to(device), stack_states(model, rows))
     k_max = max((r.top_ids.shape[1] for r in rows if r.top_ids is not None), default=0)
-    picked, top_ids, top_logprobs = target_logprobs(
+    picked_t, top_ids_t, top_logprobs_t = target_logprobs(
         logits, torch.from_numpy(targets).to(device), k_max
     )
-    picked = picked.cpu()  # (R, W)
-    if top_ids is not None and top_logprobs is not None:
-        top_ids, top_logprobs = top_ids.cpu(), top_logprobs.cpu()  # (R, W, k_max)
+    picked = picked_t.cpu().numpy()  # (R, W)
+    top_ids = None if top_ids_t is None else top_ids_t.cpu().numpy()  # (R, W, k_max)
+    top_logprobs = None if top_logprobs_t is None else top_logprobs_t.cpu().numpy()
+    row_states = list(zip(*(s.unbind(0) for s in state), strict=True))  # R tuples of views
     for i, (row, end, t) in enumerate(zip(rows, ends, lengths, strict=True)):
         row.logprobs[row.pos : end] = picked[i, :t]
         if top_ids is not None and row.top_ids is not None and row.top_logprobs is not None:
@@ -146,8 +152,16 @@ def advance_scoring(model: CharLM, rows: Sequence[ScoreRow], max_steps: int) -> 
             row.top_ids[row.pos : end] = top_ids[i, :t, :k]
             row.top_logprobs[row.pos : end] = top_logprobs[i, :t, :k]
         row.pos = end
-        row.state = None if row.done else tuple(s[i : i + 1] for s in state)
+        row.state = None if row.done else row_states[i]
     return sum(lengths)
+
+
+def stack_states(model: CharLM, rows: Sequence[ScoreRow]) -> State:
+    """The batch state of ``rows`` (the initial state where a row has none), one stack per
+    tensor of the state."""
+    fresh = tuple(s[0] for s in model.initial_state(1, model.device))
+    per_row = [r.state if r.state is not None else fresh for r in rows]
+    return tuple(torch.stack(parts) for parts in zip(*per_row, strict=True))
 
 
 def fail_scorings(scorings: list[ScoreRequest], error: BaseException) -> None:
