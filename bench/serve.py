@@ -11,7 +11,9 @@ overloads a fresh server at 4x its capacity.
 
 Ratios printed for each model: HTTP generation (non-streamed, streamed) / bare loop at 32 and
 128 streams; batched / ``CHARLM_MAX_BATCH_SIZE=1`` at 32 streams; single stream time per
-character / eager bare step; in-process scoring / bare forward; HTTP scoring / in-process.
+character / eager bare step; in-process scoring / bare forward; HTTP scoring / in-process
+(64 requests of one text at once, 64 clients each scoring in a closed loop, and one request of
+all 64 texts).
 
     python -m bench.serve                     # several minutes on a 2-core CPU
     python -m bench.serve --quick             # levels 1 and 32, shorter requests
@@ -38,16 +40,9 @@ import torch
 from bench.baselines import LoopTiming, forward_seconds, load_bare_lstm, sampling_loop
 from bench.machine import machine_line
 from bench.raw_http import open_connections as open_raw
+from bench.score_load import score_level, score_one_request, score_raw
 from bench.serve_inprocess import build_models, make_texts, padded_inputs, score_seconds
-from bench.serve_load import (
-    Clients,
-    LevelResult,
-    generation_level,
-    open_connections,
-    score_level,
-    score_one_request,
-    score_raw,
-)
+from bench.serve_load import Clients, LevelResult, generation_level, open_connections
 from bench.serve_overload import overload_check, overload_lines
 from bench.serve_report import TABLE_HEAD, bare_row, ratio_lines, table_row
 from bench.server import Server, start_servers
@@ -108,7 +103,7 @@ async def paired_checks(
     bare = load_bare_lstm(path)
     inputs = padded_inputs(ckpt.vocab, texts)
     chars = sum(len(t) for t in texts)
-    step, single, inproc, forward, http, one, raw = [], [], [], [], [], [], []
+    step, single, inproc, forward, http, one, raw, closed = [], [], [], [], [], [], [], []
     server_cpu, client_cpu = [], []  # per scoring request
     host, port = server.url.removeprefix("http://").rsplit(":", 1)
     async with Clients(server.url) as clients:
@@ -133,6 +128,7 @@ async def paired_checks(
             connections = await open_raw(host, int(port), len(texts))
             await score_raw(connections, model, texts)  # warm-up
             raw.append(await score_raw(connections, model, texts))
+            closed.append(await score_raw(connections, model, texts, args.score_rounds))
             for connection in connections:
                 await connection.close()
     inproc_s = statistics.median(inproc)
@@ -146,6 +142,8 @@ async def paired_checks(
         "http_score_chars_per_s": statistics.median(http),
         "http_score_one_request_chars_per_s": statistics.median(one),
         "http_score_raw_chars_per_s": statistics.median(raw),
+        "http_score_closed_loop_chars_per_s": statistics.median(closed),
+        "score_rounds": args.score_rounds,
         "http_score_server_cpu_s_per_request": statistics.median(server_cpu),
         "http_score_client_cpu_s_per_request": statistics.median(client_cpu),
     }
@@ -199,6 +197,8 @@ def summarize(
         / paired["inprocess_score_chars_per_s"],
         "http_score_raw_over_inprocess": paired["http_score_raw_chars_per_s"]
         / paired["inprocess_score_chars_per_s"],
+        "http_score_closed_loop_over_inprocess": paired["http_score_closed_loop_chars_per_s"]
+        / paired["inprocess_score_chars_per_s"],
         "levels": [{"server": n, **asdict(r), "statuses": dict(r.statuses)} for n, r in results],
     }
 
@@ -217,6 +217,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--max-batch-size", type=int, default=128, help="of the batched server")
     add("--threads", type=int, default=1, help="torch threads, servers and here")
     add("--pairs", type=int, default=11, help="alternations of the paired checks")
+    add("--score-rounds", type=int, default=8, help="requests per client, closed-loop scoring")
     add("--overload-batch", type=int, default=32, help="max_batch_size of the overload server")
     add("--overload-queue", type=int, default=32, help="max_queue of the overload server")
     add("--bursts", type=int, default=3, help="overload bursts, each 4x the capacity")
@@ -232,6 +233,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "tiny-2x128", "1,4", "4", "4"
         )  # fmt: skip
         args.chars, args.requests, args.single_chars, args.pairs = 20, 4, 100, 1
+        args.score_rounds = 2
         args.max_batch_size, args.overload_batch, args.overload_queue, args.settle = 8, 2, 2, 0.2
     for name in ("levels", "compare_levels", "unbatched_levels"):
         setattr(args, name, [int(x) for x in getattr(args, name).split(",") if x])

@@ -18,8 +18,6 @@ from typing import Any
 
 import httpx
 
-from bench.raw_http import RawConnection
-
 
 @dataclass
 class LevelResult:
@@ -181,58 +179,6 @@ async def generation_level(
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     result.seconds = time.perf_counter() - start
     return result
-
-
-async def score_level(
-    clients: Clients, model: str, concurrency: int, per_worker: int, texts: list[str]
-) -> LevelResult:
-    """``concurrency`` workers each scoring ``per_worker`` single texts (picked in turn)."""
-    result = LevelResult("score", concurrency)
-
-    async def worker(w: int) -> None:
-        client = clients[w]
-        for i in range(per_worker):
-            text = texts[(w * per_worker + i) % len(texts)]
-            start = time.perf_counter()
-            try:
-                response = await client.post("/v1/score", json={"model": model, "texts": [text]})
-            except httpx.HTTPError:
-                result.statuses[NO_ANSWER] += 1
-                continue
-            result.statuses[response.status_code] += 1
-            if response.status_code == 200:
-                result.ok += 1
-                result.chars += response.json()["results"][0]["num_chars"]
-                result.latencies.append(time.perf_counter() - start)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    result.seconds = time.perf_counter() - start
-    return result
-
-
-async def score_one_request(clients: Clients, model: str, texts: list[str]) -> float:
-    """Characters/s of one ``POST /v1/score`` carrying all of ``texts``."""
-    start = time.perf_counter()
-    response = await clients[0].post("/v1/score", json={"model": model, "texts": texts})
-    response.raise_for_status()
-    chars = sum(r["num_chars"] for r in response.json()["results"])
-    return chars / (time.perf_counter() - start)
-
-
-async def score_raw(connections: list[RawConnection], model: str, texts: list[str]) -> float:
-    """Characters/s of ``texts`` scored one per request, all at once, each on its own kept-alive
-    connection of the hand-written client (``bench.raw_http``)."""
-
-    async def one(connection: RawConnection, text: str) -> int:
-        status, body = await connection.post_json("/v1/score", {"model": model, "texts": [text]})
-        if status != 200:
-            raise RuntimeError(f"/v1/score answered {status}: {body[:200]!r}")
-        return int(json.loads(body)["results"][0]["num_chars"])
-
-    start = time.perf_counter()
-    chars = await asyncio.gather(*(one(c, t) for c, t in zip(connections, texts, strict=True)))
-    return sum(chars) / (time.perf_counter() - start)
 
 
 @dataclass

@@ -84,8 +84,14 @@ def ratio_lines(s: dict[str, Any]) -> list[str]:
     )
     lines.append(
         f"HTTP scoring, {len(texts)} concurrent requests of one text from a hand-written HTTP/1.1"
-        f" client, {s['http_score_raw_chars_per_s']:,.0f} chars/s / in-process: "
+        f" client, one burst, {s['http_score_raw_chars_per_s']:,.0f} chars/s / in-process: "
         f"{at_least(s['http_score_raw_over_inprocess'], 0.7)}"
+    )
+    lines.append(
+        f"HTTP scoring, {len(texts)} clients of the hand-written client each scoring its text "
+        f"{s['score_rounds']} times in a closed loop, "
+        f"{s['http_score_closed_loop_chars_per_s']:,.0f} chars/s / in-process: "
+        f"{at_least(s['http_score_closed_loop_over_inprocess'], 0.7)}"
     )
     lines.append(
         f"HTTP scoring, one request of the {len(texts)} texts, "

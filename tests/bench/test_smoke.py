@@ -98,6 +98,7 @@ def check_serve(output: str, code: int, tmp: Path) -> None:
         "HTTP scoring, 64 concurrent requests",
         "HTTP scoring, one request of the 64 texts",
         "HTTP scoring, 64 concurrent requests of one text from a hand-written",
+        "HTTP scoring, 64 clients of the hand-written client",
     ):
         line = line_with(output, start)
         finite_figures(line)
@@ -112,6 +113,7 @@ def check_serve(output: str, code: int, tmp: Path) -> None:
         summary["http_score_over_inprocess"],
         summary["http_score_one_request_over_inprocess"],
         summary["http_score_raw_over_inprocess"],
+        summary["http_score_closed_loop_over_inprocess"],
     ]
     assert all(isinstance(r, list) or (math.isfinite(r) and r > 0) for r in ratios), ratios
     over = report["overload"]
