@@ -3,6 +3,8 @@
 The one-minute load average lags by about a minute: right after one training run ends, the next
 one started on the same machine would see the first one's load and take half its threads for
 the whole run. Two readings a fraction of a second apart say what the cores are doing now.
+The ranks that torchrun starts beside a process are not other work: they share the cores out
+among themselves, and while they start they would read as busy to each other.
 """
 
 from __future__ import annotations
@@ -41,20 +43,66 @@ def busy_cores(before: tuple[int, int], after: tuple[int, int], num_cpus: int) -
     return num_cpus * min(1.0, max(0.0, busy / total))
 
 
-def cores_in_use(cpus: list[int], sample_s: float = SAMPLE_SECONDS) -> float | None:
-    """Cores' worth of ``cpus`` busy over the next ``sample_s`` seconds (while this process
-    waits), or None where ``/proc/stat`` cannot be read."""
+def process_ticks(pids: Iterable[int]) -> int:
+    """User and system clock ticks the processes ``pids`` have used, summed (one that has ended
+    counts nothing)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def sibling_pids() -> list[int]:
+    """The other processes with this process's parent: under torchrun, the run's other ranks on
+    this machine (empty where ``/proc`` cannot be read)."""
+    parent, me = os.getppid(), os.getpid()
+    siblings = []
     try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            before = cpu_times(stat.read(), cpus)
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                ppid = int(stat.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent:
+            siblings.append(int(entry))
+    return siblings
+
+
+def read_sample(cpus: Iterable[int], pids: Iterable[int] = ()) -> tuple[int, int, int]:
+    """(busy, total) ticks of ``cpus`` (``cpu_times``) and the ticks ``pids`` have used."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        busy, total = cpu_times(stat.read(), cpus)
+    return busy, total, process_ticks(pids)
+
+
+def cores_in_use(
+    cpus: list[int], sample_s: float = SAMPLE_SECONDS, exclude: Iterable[int] = ()
+) -> float | None:
+    """Cores' worth of ``cpus`` busy over the next ``sample_s`` seconds (while this process
+    waits), less what the processes ``exclude`` used meanwhile; None where ``/proc/stat`` cannot
+    be read."""
+    exclude = list(exclude)
+    try:
+        before = read_sample(cpus, exclude)
         time.sleep(sample_s)
-        with open("/proc/stat", encoding="ascii") as stat:
-            after = cpu_times(stat.read(), cpus)
+        after = read_sample(cpus, exclude)
     except (OSError, ValueError):
         return None
     if after[1] <= before[1]:
         return None
-    return busy_cores(before, after, len(cpus))
+    busy = after[0] - before[0] - (after[2] - before[2])
+    return busy_cores((0, before[1]), (busy, after[1]), len(cpus))
 
 
 def allowed_cpus() -> list[int]:

@@ -74,16 +74,18 @@ def choose_num_threads(local_world_size: int = 1) -> int:
         return max(1, int(override))
     cpus = cpu_use.allowed_cpus()
     threads = max(1, len(cpus) // max(1, local_world_size))
-    if threads > 1 and machine_is_busy(cpus):
+    if threads > 1 and machine_is_busy(cpus, beside_ranks=local_world_size > 1):
         threads //= 2
         logger.info("the machine is busy: using %d threads", threads)
     return threads
 
 
-def machine_is_busy(cpus: list[int]) -> bool:
+def machine_is_busy(cpus: list[int], beside_ranks: bool = False) -> bool:
     """Whether other work keeps at least half of ``cpus`` busy now (the load average where
-    ``/proc/stat`` cannot be read)."""
-    in_use = cpu_use.cores_in_use(cpus)
+    ``/proc/stat`` cannot be read). With ``beside_ranks`` (torchrun started this process and
+    others on this machine), the processes started beside this one are not counted."""
+    exclude = cpu_use.sibling_pids() if beside_ranks else []
+    in_use = cpu_use.cores_in_use(cpus, exclude=exclude)
     if in_use is not None:  # a little under half: one busy core of two reads 0.9-1.0 in ticks
         return in_use >= BUSY_SHARE * len(cpus)
     try:
