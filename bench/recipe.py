@@ -21,6 +21,7 @@ within 180 s with ``--device cuda``; adaptive scoring >= 0.05 bits/char below st
     python -m bench.recipe --adapt                       # tinyshakespeare, 480 s and 1800 s
     python -m bench.recipe --budgets 480 --adapt --out docs   # keeps docs/mine.png
     python -m bench.recipe --data ../shared/data/warpeace.txt --budgets 480 1800
+    python -m bench.recipe --budgets 480 --seeds 1 2 3   # three runs: mean and spread
     python -m bench.recipe --budgets 180 --extra-args="--device cuda"
     python -m bench.recipe --smoke                       # seconds: a generated corpus
 """
@@ -43,7 +44,14 @@ from typing import Any
 import numpy as np
 
 from bench.machine import machine_line
-from bench.recipe_report import RunFigures, draw_curves, print_tables, targets_for
+from bench.recipe_report import (
+    RunFigures,
+    draw_curves,
+    print_seed_summary,
+    print_tables,
+    seed_summary,
+    targets_for,
+)
 from bench.smoke import smoke_corpus
 from training.config import config_from_preset
 from training.data import load_corpus, read_text_file
@@ -68,6 +76,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--adapt", action="store_true", help="also score with charlm-eval --adapt")
     p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="train each budget once per seed (charlm-train --seed); a table adds the exact"
+        " figures' mean and spread, and the verdict on the mean",
+    )
+    p.add_argument(
         "--runs",
         type=Path,
         help="where checkpoints, metrics, logs and the validation text go (default: a new"
@@ -80,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     if args.smoke:
-        args.budgets, args.adapt = [3.0], True
+        args.budgets, args.adapt, args.seeds = [3.0], True, [1, 2]
     if any(b <= 0 for b in args.budgets):
         p.error("--budgets must be positive seconds")
     return args
@@ -179,20 +194,27 @@ def score(
 
 
 def run_budget(
-    budget: float, data: Path, folder: Path, files: tuple[Path, Path], args: argparse.Namespace
+    budget: float,
+    seed: int | None,
+    data: Path,
+    folder: Path,
+    files: tuple[Path, Path],
+    args: argparse.Namespace,
 ) -> RunFigures | None:
-    out = folder / f"{budget:g}.safetensors"
+    name = f"{budget:g}" + ("" if seed is None else f"-seed{seed}")
+    out = folder / f"{name}.safetensors"
     argv = [*command("charlm-train"), "--data", str(data), "--max-time", f"{budget:g}"]
+    argv += [] if seed is None else ["--seed", str(seed)]
     argv += ["--out", str(out), *shlex.split(args.extra_args)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if args.smoke:  # the smoke run keeps its cache to itself and one core
         env.update(CHARLM_CACHE_DIR=str(folder / "cache"), CHARLM_NUM_THREADS="1")
     print(f"\n$ {shlex.join(argv)}", flush=True)
-    trained = run_tool(argv, env, folder / f"{budget:g}.train.log", echo=True)
+    trained = run_tool(argv, env, folder / f"{name}.train.log", echo=True)
     if trained.code:
         return None
     records = MetricsLog(metrics_path(out)).records()
-    figures = RunFigures.from_run(budget, trained.seconds, trained.stdout, records)
+    figures = RunFigures.from_run(budget, trained.seconds, trained.stdout, records, seed)
     figures.static = score(out, *files, env, adapt=False)
     if args.adapt:
         figures.adaptive = score(out, *files, env, adapt=True)
@@ -226,19 +248,23 @@ def main(argv: list[str] | None = None) -> int:
         targets = targets_for(args.data.name, device)
         rows = []
         for budget in args.budgets:
-            figures = run_budget(budget, args.data, folder, files, args)
-            if figures is None:
-                return 1
-            rows.append(figures)
+            for seed in args.seeds or [None]:
+                figures = run_budget(budget, seed, args.data, folder, files, args)
+                if figures is None:
+                    return 1
+                rows.append(figures)
         print()
         print_tables(rows, targets)
+        summary = seed_summary(rows, targets)
+        print_seed_summary(summary)
         plot = (args.out or folder) / "mine.png"
         title = f"charlm-train --data {args.data.name} --max-time B {args.extra_args}"
         draw_curves(rows, title.strip(), targets, plot)
         print(f"\ncurve: {plot}")
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps([r.to_dict(targets) for r in rows], indent=1) + "\n")
+            report = {"runs": [r.to_dict(targets) for r in rows], "seeds": summary}
+            args.json.write_text(json.dumps(report, indent=1) + "\n")
         if not args.smoke:
             print(f"checkpoints, metrics and logs: {folder}")
     return 0

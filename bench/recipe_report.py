@@ -65,10 +65,16 @@ class RunFigures:
     stop: str
     static: dict[str, Any] | None = None
     adaptive: dict[str, Any] | None = None
+    seed: int | None = None  # None: charlm-train's default
 
     @classmethod
     def from_run(
-        cls, budget: float, wall_seconds: float, stdout: str, records: list[dict[str, Any]]
+        cls,
+        budget: float,
+        wall_seconds: float,
+        stdout: str,
+        records: list[dict[str, Any]],
+        seed: int | None = None,
     ) -> RunFigures:
         # with a weight average a validation reads both; the better is the one the run keeps
         curve = [
@@ -77,7 +83,11 @@ class RunFigures:
             if r.get("kind") == "eval" and "wall_seconds" in r
         ]
         stop = next((line for line in stdout.splitlines() if line.startswith("stopped (")), "")
-        return cls(budget, wall_seconds, auto_choice(stdout), curve, stop)
+        return cls(budget, wall_seconds, auto_choice(stdout), curve, stop, seed=seed)
+
+    @property
+    def label(self) -> str:
+        return f"{self.budget:g}" + ("" if self.seed is None else f" (seed {self.seed})")
 
     @property
     def best_val(self) -> float:
@@ -115,6 +125,7 @@ class RunFigures:
     def to_dict(self, targets: Targets) -> dict[str, Any]:
         return {
             "budget_seconds": self.budget,
+            "seed": self.seed,
             "wall_seconds": round(self.wall_seconds, 2),
             "auto": self.auto,
             "stop": self.stop,
@@ -139,7 +150,7 @@ def print_tables(rows: list[RunFigures], targets: Targets) -> None:
     for r in rows:
         target = r.target(targets)
         print(
-            f"| {r.budget:g} | {r.wall_seconds:.1f} | {r.auto} | {r.best_val:.4f} |"
+            f"| {r.label} | {r.wall_seconds:.1f} | {r.auto} | {r.best_val:.4f} |"
             f" {_figure(r.static, 'nats_per_char', '.4f')} |"
             f" {_figure(r.static, 'bits_per_char', '.4f')} |"
             f" {'-' if target is None else f'<= {target:g}'} | {r.verdict(targets)} |"
@@ -154,9 +165,51 @@ def print_tables(rows: list[RunFigures], targets: Targets) -> None:
         static, adapt = r.static["seconds_per_char"], r.adaptive["seconds_per_char"]
         ratio = adapt / static if static > 0 else math.nan
         print(
-            f"| {r.budget:g} | {r.static['bits_per_char']:.4f} | {r.adaptive['bits_per_char']:.4f}"
+            f"| {r.label} | {r.static['bits_per_char']:.4f} | {r.adaptive['bits_per_char']:.4f}"
             f" | {r.adapt_gain():+.4f} | {static:.2e} | {adapt:.2e} | {ratio:.1f}x |"
             f" {r.adapt_verdict(targets)} |"
+        )
+
+
+SEEDS_HEAD = (
+    "| budget s | runs | exact nats/char: mean | min | max | standard deviation | target nats/char"
+    " | verdict on the mean |"
+)
+
+
+def seed_summary(rows: list[RunFigures], targets: Targets) -> list[dict[str, Any]]:
+    """Per budget run with several seeds: the exact figures' mean, range and standard deviation,
+    and whether the mean reaches the target with every run inside its budget."""
+    summary = []
+    for budget in dict.fromkeys(r.budget for r in rows):
+        runs = [r for r in rows if r.budget == budget and r.static is not None]
+        if len(runs) < 2:
+            continue
+        values = [float(r.static["nats_per_char"]) for r in runs if r.static is not None]
+        mean = sum(values) / len(values)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        target = targets.loss.get(budget)
+        late = [r for r in runs if r.wall_seconds > budget]
+        verdict = "-"
+        if target is not None:
+            verdict = "**met**" if mean <= target and not late else "missed"
+        summary.append(
+            {"budget_seconds": budget, "runs": len(values), "mean": mean, "min": min(values),
+             "max": max(values), "sd": sd, "target": target, "verdict": verdict}
+        )  # fmt: skip
+    return summary
+
+
+def print_seed_summary(summary: list[dict[str, Any]]) -> None:
+    if not summary:
+        return
+    print("\n" + SEEDS_HEAD)
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for s in summary:
+        target = "-" if s["target"] is None else f"<= {s['target']:g}"
+        print(
+            f"| {s['budget_seconds']:g} | {s['runs']} | {s['mean']:.4f} | {s['min']:.4f} |"
+            f" {s['max']:.4f} | {s['sd']:.4f} | {target} | {s['verdict']} |"
         )
 
 
@@ -166,7 +219,7 @@ def draw_curves(rows: list[RunFigures], title: str, targets: Targets, path: Path
     with png_plot(path) as ax:
         for r in rows:
             if r.curve:
-                label = f"--max-time {r.budget:g}"
+                label = f"--max-time {r.budget:g}" + ("" if r.seed is None else f" --seed {r.seed}")
                 ax.plot(*zip(*r.curve, strict=True), marker="o", markersize=3, label=label)
         for budget, target in targets.loss.items():
             ax.axhline(target, linestyle="--", linewidth=0.8, color="grey")

@@ -184,25 +184,36 @@ def check_adaptive(output: str, code: int, tmp: Path) -> None:
 
 def check_recipe(output: str, code: int, tmp: Path) -> None:
     assert code == 0, output
-    # the default preset, as a user runs it: no flag beyond the data, the budget and the file
-    assert re.search(r"^\$ \S*charlm-train --data \S+ --max-time 3 --out \S+$", output, re.M)
+    # the default preset, as a user runs it: no flag beyond the data, the budget, the seed (the
+    # smoke run trains two) and the file
+    for seed in (1, 2):
+        command = rf"^\$ \S*charlm-train --data \S+ --max-time 3 --seed {seed} --out \S+$"
+        assert re.search(command, output, re.M)
     assert recipe_report.TABLE_HEAD in output and recipe_report.ADAPT_HEAD in output
-    row = line_with(output, "| 3 |")
+    row = line_with(output, "| 3 (seed 1) |")
     assert re.search(r"\| \d+x\d+ lstm \(.*weights\); dropout ", row), "what auto chose"
     finite_figures(row)
-    finite_figures(line_with(output.split(recipe_report.ADAPT_HEAD)[1], "| 3 |"))
-    (figures,) = json.loads((tmp / "recipe.json").read_text())
+    finite_figures(line_with(output.split(recipe_report.ADAPT_HEAD)[1], "| 3 (seed 2) |"))
+    report = json.loads((tmp / "recipe.json").read_text())
+    assert [r["seed"] for r in report["runs"]] == [1, 2]
     held_out = int(numbers(line_with(output, "corpus smoke-corpus.txt:"))[1])
     trained = re.search(r"([\d,]+) validation characters", output)
     assert trained and int(trained.group(1).replace(",", "")) == held_out
-    for kind in ("static", "adaptive"):
-        scores = figures[kind]
-        assert scores["num_chars"] == held_out, "charlm-eval scores the text training held out"
-        assert 0 < scores["nats_per_char"] < 10 and math.isfinite(scores["seconds_per_char"])
-    assert figures["adaptive_minus_static_bits_per_char"] == pytest.approx(
-        figures["adaptive"]["bits_per_char"] - figures["static"]["bits_per_char"]
-    )
-    assert figures["curve"] and all(w > 0 and 0 < v < 10 for w, v in figures["curve"])
+    for figures in report["runs"]:
+        for kind in ("static", "adaptive"):
+            scores = figures[kind]
+            assert scores["num_chars"] == held_out, "charlm-eval scores the text training held out"
+            assert 0 < scores["nats_per_char"] < 10 and math.isfinite(scores["seconds_per_char"])
+        assert figures["adaptive_minus_static_bits_per_char"] == pytest.approx(
+            figures["adaptive"]["bits_per_char"] - figures["static"]["bits_per_char"]
+        )
+        assert figures["curve"] and all(w > 0 and 0 < v < 10 for w, v in figures["curve"])
+    # the two seeds' summary
+    assert recipe_report.SEEDS_HEAD in output
+    (summary,) = report["seeds"]
+    values = [r["static"]["nats_per_char"] for r in report["runs"]]
+    assert summary["runs"] == 2 and summary["mean"] == pytest.approx(sum(values) / 2)
+    assert summary["min"] == min(values) and summary["max"] == max(values)
     assert figures["wall_seconds"] > 0 and figures["verdict"] == "-", "no target here"
     assert (tmp / "mine.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
