@@ -31,7 +31,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from bench.score_load import score_level, score_one_request, score_raw
 from bench.serve_inprocess import build_models, make_texts, padded_inputs, score_seconds
 from bench.serve_load import Clients, LevelResult, generation_level, open_connections
 from bench.serve_overload import overload_check, overload_lines
-from bench.serve_report import TABLE_HEAD, bare_row, ratio_lines, table_row
+from bench.serve_report import TABLE_HEAD, bare_row, ratio_lines, summarize, table_row
 from bench.server import Server, start_servers
 from models.checkpoint import load_checkpoint
 
@@ -149,60 +148,6 @@ async def paired_checks(
     }
 
 
-def chars_per_s(
-    results: list[tuple[str, LevelResult]], server: str, mode: str, level: int
-) -> float:
-    for name, r in results:
-        if name == server and r.mode == mode and r.concurrency == level:
-            return r.chars_per_s
-    return float("nan")
-
-
-def summarize(
-    results: list[tuple[str, LevelResult]],
-    loops: dict[int, list[LoopTiming]],
-    paired: dict[str, Any],
-    args: argparse.Namespace,
-) -> dict[str, Any]:
-    vs_bare = {}
-    for level, timings in loops.items():
-        bare = statistics.median(t.chars_per_s for t in timings)
-        gen = chars_per_s(results, "batched", "generate", level)
-        stream = chars_per_s(results, "batched", "stream", level)
-        vs_bare[level] = {
-            "bare_chars_per_s": bare,
-            "bare_onednn": [t.onednn for t in timings],
-            "generate_chars_per_s": gen,
-            "stream_chars_per_s": stream,
-            "generate": gen / bare,
-            "stream": stream / bare,
-        }
-    vs_unbatched = {
-        level: {
-            mode: chars_per_s(results, "batched", mode, level)
-            / chars_per_s(results, "unbatched", mode, level)
-            for mode in ("generate", "stream")
-        }
-        for level in args.unbatched_levels
-    }
-    return {
-        **paired,
-        "vs_bare_loop": vs_bare,
-        "vs_unbatched": vs_unbatched,
-        "single_stream_over_bare_step": paired["single_stream_tpoc_s"] / paired["bare_step_s"],
-        "inprocess_over_bare_forward": paired["bare_forward_s"] / paired["inprocess_score_s"],
-        "http_score_over_inprocess": paired["http_score_chars_per_s"]
-        / paired["inprocess_score_chars_per_s"],
-        "http_score_one_request_over_inprocess": paired["http_score_one_request_chars_per_s"]
-        / paired["inprocess_score_chars_per_s"],
-        "http_score_raw_over_inprocess": paired["http_score_raw_chars_per_s"]
-        / paired["inprocess_score_chars_per_s"],
-        "http_score_closed_loop_over_inprocess": paired["http_score_closed_loop_chars_per_s"]
-        / paired["inprocess_score_chars_per_s"],
-        "levels": [{"server": n, **asdict(r), "statuses": dict(r.statuses)} for n, r in results],
-    }
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
@@ -280,7 +225,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         finally:
             batched.stop()
             unbatched.stop()
-        summary = summarize(results, loops, paired, args)
+        summary = summarize(results, loops, paired, args.unbatched_levels)
         report["models"][model] = summary
         print(f"\nratios ({model}, medians of {args.pairs} alternations for the paired checks):")
         for line in ratio_lines(summary):

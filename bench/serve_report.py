@@ -1,7 +1,9 @@
-"""What ``bench.serve`` prints: the table of levels and the ratios against the targets."""
+"""What ``bench.serve`` reports: the ratios against the targets and the table of levels."""
 
 from __future__ import annotations
 
+import statistics
+from dataclasses import asdict
 from typing import Any
 
 from bench.baselines import LoopTiming
@@ -99,3 +101,57 @@ def ratio_lines(s: dict[str, Any]) -> list[str]:
         f"{at_least(s['http_score_one_request_over_inprocess'], 0.7)}"
     )
     return lines
+
+
+def chars_per_s(
+    results: list[tuple[str, LevelResult]], server: str, mode: str, level: int
+) -> float:
+    for name, r in results:
+        if name == server and r.mode == mode and r.concurrency == level:
+            return r.chars_per_s
+    return float("nan")
+
+
+def summarize(
+    results: list[tuple[str, LevelResult]],
+    loops: dict[int, list[LoopTiming]],
+    paired: dict[str, Any],
+    unbatched_levels: list[int],
+) -> dict[str, Any]:
+    vs_bare = {}
+    for level, timings in loops.items():
+        bare = statistics.median(t.chars_per_s for t in timings)
+        gen = chars_per_s(results, "batched", "generate", level)
+        stream = chars_per_s(results, "batched", "stream", level)
+        vs_bare[level] = {
+            "bare_chars_per_s": bare,
+            "bare_onednn": [t.onednn for t in timings],
+            "generate_chars_per_s": gen,
+            "stream_chars_per_s": stream,
+            "generate": gen / bare,
+            "stream": stream / bare,
+        }
+    vs_unbatched = {
+        level: {
+            mode: chars_per_s(results, "batched", mode, level)
+            / chars_per_s(results, "unbatched", mode, level)
+            for mode in ("generate", "stream")
+        }
+        for level in unbatched_levels
+    }
+    return {
+        **paired,
+        "vs_bare_loop": vs_bare,
+        "vs_unbatched": vs_unbatched,
+        "single_stream_over_bare_step": paired["single_stream_tpoc_s"] / paired["bare_step_s"],
+        "inprocess_over_bare_forward": paired["bare_forward_s"] / paired["inprocess_score_s"],
+        "http_score_over_inprocess": paired["http_score_chars_per_s"]
+        / paired["inprocess_score_chars_per_s"],
+        "http_score_one_request_over_inprocess": paired["http_score_one_request_chars_per_s"]
+        / paired["inprocess_score_chars_per_s"],
+        "http_score_raw_over_inprocess": paired["http_score_raw_chars_per_s"]
+        / paired["inprocess_score_chars_per_s"],
+        "http_score_closed_loop_over_inprocess": paired["http_score_closed_loop_chars_per_s"]
+        / paired["inprocess_score_chars_per_s"],
+        "levels": [{"server": n, **asdict(r), "statuses": dict(r.statuses)} for n, r in results],
+    }
