@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,8 +187,7 @@ def seed_summary(rows: list[RunFigures], targets: Targets) -> list[dict[str, Any
         if len(runs) < 2:
             continue
         values = [float(r.static["nats_per_char"]) for r in runs if r.static is not None]
-        mean = sum(values) / len(values)
-        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        mean, sd = statistics.mean(values), statistics.stdev(values)
         target = targets.loss.get(budget)
         late = [r for r in runs if r.wall_seconds > budget]
         verdict = "-"

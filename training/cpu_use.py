@@ -43,17 +43,24 @@ def busy_cores(before: tuple[int, int], after: tuple[int, int], num_cpus: int) -
     return num_cpus * min(1.0, max(0.0, busy / total))
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, ...), or None for
+    a process that has ended or cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
 def process_ticks(pids: Iterable[int]) -> int:
     """User and system clock ticks the processes ``pids`` have used, summed (one that has ended
     counts nothing)."""
     total = 0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-                fields = stat.read().rpartition(")")[2].split()
+        fields = _stat_fields(pid)
+        if fields is not None and len(fields) > 12:
             total += int(fields[11]) + int(fields[12])  # utime, stime
-        except (OSError, ValueError, IndexError):
-            continue
     return total
 
 
@@ -61,21 +68,16 @@ def sibling_pids() -> list[int]:
     """The other processes with this process's parent: under torchrun, the run's other ranks on
     this machine (empty where ``/proc`` cannot be read)."""
     parent, me = os.getppid(), os.getpid()
-    siblings = []
     try:
         entries = os.listdir("/proc")
     except OSError:
         return []
+    siblings = []
     for entry in entries:
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
-                ppid = int(stat.read().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == parent:
-            siblings.append(int(entry))
+        if entry.isdigit() and int(entry) != me:
+            fields = _stat_fields(entry)
+            if fields is not None and len(fields) > 1 and int(fields[1]) == parent:
+                siblings.append(int(entry))
     return siblings
 
 
@@ -101,8 +103,8 @@ def cores_in_use(
         return None
     if after[1] <= before[1]:
         return None
-    busy = after[0] - before[0] - (after[2] - before[2])
-    return busy_cores((0, before[1]), (busy, after[1]), len(cpus))
+    others = after[0] - before[0] - (after[2] - before[2])  # less the excluded processes'
+    return busy_cores((0, 0), (others, after[1] - before[1]), len(cpus))
 
 
 def allowed_cpus() -> list[int]:
