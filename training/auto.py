@@ -137,6 +137,17 @@ def ema_for(total_steps: float) -> float:
     return round(min(EMA_DECAY, max(0.9, 1.0 - 10.0 / max(total_steps, 1.0))), 6)
 
 
+def candidate_shapes(layers: int | None = None, width: int | None = None) -> list[tuple[int, int]]:
+    """``SHAPES`` with the dimensions the user pinned put in, smallest first, without repeats:
+    a pinned width keeps the choice of depth, a pinned depth the choice of width."""
+    shapes: list[tuple[int, int]] = []
+    for shape_layers, shape_width in SHAPES:
+        shape = (layers or shape_layers, width or shape_width)
+        if shape not in shapes:
+            shapes.append(shape)
+    return shapes
+
+
 def choose(
     arch: str,
     train_chars: int,
@@ -147,27 +158,32 @@ def choose(
     *,
     world_size: int = 1,
     layout: tuple[int, int] | None = None,
+    layers: int | None = None,
+    width: int | None = None,
 ) -> AutoChoice:
     """The settings for ``arch`` on ``train_chars`` characters within ``budget``.
 
     ``speed`` is called for the shapes in order, smallest first, and no further than the first
     that the compute rule refuses (a wider one is slower still). With ``world_size``
     processes, ``speed`` gives all of theirs together and each step trains that many batches.
+    ``layers`` and ``width``, when given, are the user's: only shapes with them are candidates,
+    and the rest (rate, regularisation, passes) is chosen for the shape that will train.
     """
     if train_chars < 1:
         raise ValueError("the auto preset needs training text")
     seq_len, batch_size = layout or LAYOUT.get(device_type, LAYOUT["cpu"])
     chars_per_step = seq_len * batch_size * world_size
-    chosen = SHAPES[0]
+    shapes = candidate_shapes(layers, width)
+    chosen = shapes[0]
     chosen_chars = budget.chars(speed(*chosen), chars_per_step)
-    for layers, width in SHAPES[1:]:
-        weights = num_weights(arch, layers, width, vocab_size)
+    for shape in shapes[1:]:
+        weights = num_weights(arch, *shape, vocab_size)
         if weights > WEIGHTS_PER_CHAR * train_chars:
             break
-        chars = budget.chars(speed(layers, width), chars_per_step)
+        chars = budget.chars(speed(*shape), chars_per_step)
         if chars < CHARS_PER_WEIGHT * weights:
             break
-        chosen, chosen_chars = (layers, width), chars
+        chosen, chosen_chars = shape, chars
     layers, width = chosen
     allowed = chosen_chars / train_chars
     passes = min(allowed, MAX_PASSES)
@@ -249,6 +265,8 @@ def resolve(
         device_type=context.device.type,
         world_size=context.world_size,
         layout=(seq_len, batch_size),
+        layers=config.num_layers if "num_layers" in explicit else None,
+        width=config.hidden_size if "hidden_size" in explicit else None,
     )
     changes = {k: v for k, v in choice.values.items() if k not in explicit}
     reason = choice.reason

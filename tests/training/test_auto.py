@@ -137,6 +137,41 @@ def test_resolve_keeps_explicit_settings() -> None:
     assert line.startswith("auto: 1x128 lstm")
 
 
+def test_a_pinned_width_is_what_the_rest_is_chosen_for() -> None:
+    """The rate, the passes and the line follow the width the user gave, not auto's own."""
+    speed, calls = _speed()
+    budget = Budget(1800, None)
+    own = choose("lstm", 1_000_000, VOCAB, budget, speed)
+    wide = 2 * own.values["hidden_size"]
+    calls.clear()
+    pinned = choose("lstm", 1_000_000, VOCAB, budget, speed, width=wide)
+    assert pinned.values["hidden_size"] == wide
+    assert calls and {width for _, width in calls} == {wide}
+    assert pinned.values["lr"] == auto.lr_for(wide) < own.values["lr"]
+    # a wider model trains fewer characters in the same time: fewer passes, less dropout
+    assert pinned.values["dropout"] < own.values["dropout"]
+    assert pinned.reason.startswith(f"auto: 1x{wide} lstm")
+
+
+def test_a_pinned_depth_keeps_the_choice_of_width() -> None:
+    speed, calls = _speed()
+    small = choose("lstm", 20_000, VOCAB, Budget(600, None), speed, layers=3)
+    assert (small.values["num_layers"], small.values["hidden_size"]) == (3, SHAPES[0][1])
+    assert {layers for layers, _ in calls} == {3}
+    large = choose("lstm", 30_000_000, VOCAB, Budget(600, None), speed, layers=3)
+    assert large.values["num_layers"] == 3
+    assert large.values["hidden_size"] > small.values["hidden_size"]
+
+
+def test_resolve_sizes_the_rest_for_an_explicit_width() -> None:
+    config = config_from_preset("auto", max_time=30.0, max_steps=None, hidden_size=96)
+    context = DistContext(device=torch.device("cpu"))
+    resolved, line = auto.resolve(config, {"hidden_size"}, 2_000, VOCAB, context)
+    assert resolved.hidden_size == 96
+    assert resolved.num_layers == 1
+    assert line.startswith("auto: 1x96 lstm")
+
+
 def test_an_explicit_schedule_floor_is_kept() -> None:
     config = config_from_preset("auto", max_steps=100, final_lr_fraction=0.0)
     context = DistContext(device=torch.device("cpu"))
